@@ -1,0 +1,114 @@
+"""The node agent's HTTP face: the node protocol (``/node/v1``) and sandbox traffic.
+
+A request that names a sandbox (``E2b-Sandbox-Id`` or a ``<port>-<id>.<domain>`` Host)
+is data plane; everything else is the node protocol, guarded by the node token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, Router
+from starlette.types import Receive, Scope, Send
+
+from shoal.errors import InvalidArgument, NotFound, ShoalError, Unauthenticated
+from shoal.proxy.routing import route_of
+from shoal.wire.node import CreateSandboxRequest
+from shoal.wire.node.models import NODE_TOKEN_HEADER, PREFIX
+
+if TYPE_CHECKING:
+    from shoal.agent.node import NodeAgent
+
+
+def _error(exc: ShoalError) -> JSONResponse:
+    body: dict[str, Any] = {"code": exc.status, "message": exc.message}
+    if exc.error_code:
+        body["error_code"] = exc.error_code
+    return JSONResponse(body, status_code=exc.status)
+
+
+def build_node_api(agent: NodeAgent) -> Router:
+    async def info(request: Request) -> Response:
+        return JSONResponse(agent.info().model_dump(mode="json"))
+
+    async def list_sandboxes(request: Request) -> Response:
+        return JSONResponse(
+            [agent.manager.status(s).model_dump(mode="json") for s in agent.manager.running()]
+        )
+
+    async def create_sandbox(request: Request) -> Response:
+        try:
+            req = CreateSandboxRequest.model_validate_json(await request.body())
+        except (ValidationError, json.JSONDecodeError) as exc:
+            raise InvalidArgument(f"invalid create request: {exc}") from exc
+        sbx = await agent.manager.create(req)
+        return JSONResponse(agent.manager.status(sbx).model_dump(mode="json"), status_code=201)
+
+    async def kill_sandbox(request: Request) -> Response:
+        sandbox_id = request.path_params["sandbox_id"]
+        if not await agent.manager.kill(sandbox_id):
+            raise NotFound(f"sandbox {sandbox_id} not found on this node")
+        return Response(status_code=204)
+
+    return Router(
+        routes=[
+            Route(f"{PREFIX}/info", info, methods=["GET"]),
+            Route(f"{PREFIX}/sandboxes", list_sandboxes, methods=["GET"]),
+            Route(f"{PREFIX}/sandboxes", create_sandbox, methods=["POST"]),
+            Route(f"{PREFIX}/sandboxes/{{sandbox_id}}", kill_sandbox, methods=["DELETE"]),
+        ]
+    )
+
+
+class AgentApp:
+    """ASGI entry point of a node agent."""
+
+    def __init__(self, agent: NodeAgent) -> None:
+        self.agent = agent
+        self.node_api = build_node_api(agent)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(self.agent, receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        if route_of(scope) is not None:
+            await self.agent.dataplane(scope, receive, send)
+            return
+        try:
+            self._check_token(scope)
+            await self.node_api(scope, receive, send)
+        except ShoalError as exc:
+            await _error(exc)(scope, receive, send)
+
+    def _check_token(self, scope: Scope) -> None:
+        expected = self.agent.settings.node_token
+        if not expected:
+            return
+        want = NODE_TOKEN_HEADER.lower().encode()
+        for name, value in scope["headers"]:
+            if name.lower() == want and hmac.compare_digest(value, expected.encode()):
+                return
+        raise Unauthenticated("missing or invalid node token")
+
+
+async def _lifespan(agent: NodeAgent, receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            try:
+                await agent.start()
+            except Exception as exc:
+                await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                return
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await agent.stop()
+            await send({"type": "lifespan.shutdown.complete"})
+            return

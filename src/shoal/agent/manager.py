@@ -1,0 +1,260 @@
+"""The node's sandboxes: create, kill, find, adopt after a restart, notice deaths.
+
+Every sandbox that exists on this node is in exactly one of three places: being created
+(``_starting``), running (``_sandboxes``), or being torn down. A sandbox record on disk
+(``sandbox.json`` in its directory) lets a restarted agent adopt what it left running;
+anything on disk or in the runtime without a record is an orphan and is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from shoal.agent.sandbox import LocalSandbox
+from shoal.errors import CapacityExhausted, InvalidArgument, NotFound, RuntimeFailure, SandboxGone
+from shoal.runtime.container import Container, ContainerLimits, ContainerRuntime
+from shoal.runtime.initclient import connect_init
+from shoal.template.store import TemplateStore
+from shoal.wire.node import CreateSandboxRequest, SandboxStatus
+
+log = logging.getLogger(__name__)
+
+INIT_CONNECT_TIMEOUT = 5.0
+RECORD = "sandbox.json"
+
+GoneListener = Callable[[str], None]
+
+
+class SandboxManager:
+    def __init__(
+        self,
+        runtime: ContainerRuntime,
+        templates: TemplateStore,
+        *,
+        max_sandboxes: int = 2000,
+    ) -> None:
+        self.runtime = runtime
+        self.templates = templates
+        self.max_sandboxes = max_sandboxes
+        self._sandboxes: dict[str, LocalSandbox] = {}
+        self._starting: set[str] = set()
+        self._killing: dict[str, asyncio.Task[None]] = {}
+        self._watchers: set[asyncio.Task[None]] = set()
+        self._gone_listeners: list[GoneListener] = []
+
+    # -- lookup (envd's SandboxDirectory) --------------------------------------------
+
+    def get(self, sandbox_id: str) -> LocalSandbox | None:
+        sbx = self._sandboxes.get(sandbox_id)
+        if sbx is None or sbx.gone.is_set():
+            return None
+        return sbx
+
+    def running(self) -> list[LocalSandbox]:
+        return [s for s in self._sandboxes.values() if not s.gone.is_set()]
+
+    def on_gone(self, listener: GoneListener) -> None:
+        """Call ``listener(sandbox_id)`` whenever a sandbox stops existing on this node."""
+        self._gone_listeners.append(listener)
+
+    def status(self, sbx: LocalSandbox) -> SandboxStatus:
+        return SandboxStatus(
+            sandbox_id=sbx.sandbox_id,
+            template_id=sbx.template_id,
+            state="running",
+            started_at=sbx.started_at,
+            init_pid=sbx.container.init_pid,
+        )
+
+    # -- create ------------------------------------------------------------------------
+
+    async def create(self, req: CreateSandboxRequest) -> LocalSandbox:
+        if req.sandbox_id in self._sandboxes or req.sandbox_id in self._starting:
+            raise InvalidArgument(f"sandbox {req.sandbox_id} already exists on this node")
+        if len(self._sandboxes) + len(self._starting) >= self.max_sandboxes:
+            raise CapacityExhausted("node is full")
+        template = self.templates.resolve(req.template_id)
+        if template.uid_base != self.runtime.uid_base:
+            raise RuntimeFailure(
+                f"template {req.template_id} was built for uid base {template.uid_base}, "
+                f"this node maps sandboxes to {self.runtime.uid_base}"
+            )
+        self._starting.add(req.sandbox_id)
+        container: Container | None = None
+        try:
+            limits = ContainerLimits(req.cpu_count, req.memory_mb, req.disk_mb)
+            container = await self.runtime.start(
+                req.sandbox_id, template.rootfs, limits, req.hostname or template.hostname
+            )
+            spawner = await self._connect(container)
+            sbx = LocalSandbox(
+                sandbox_id=req.sandbox_id,
+                template_id=req.template_id,
+                access_token=req.access_token,
+                default_user=template.default_user,
+                default_workdir=template.default_workdir,
+                env_vars={**template.env, **req.env_vars},
+                spawner=spawner,
+                container=container,
+                started_at=datetime.now(UTC),
+                cpu_count=req.cpu_count,
+                memory_mb=req.memory_mb,
+                disk_mb=req.disk_mb,
+            )
+            self._write_record(sbx)
+        except BaseException:
+            if container is not None:
+                container.close()
+            await self.runtime.destroy(req.sandbox_id)
+            raise
+        finally:
+            self._starting.discard(req.sandbox_id)
+        self._sandboxes[sbx.sandbox_id] = sbx
+        self._watch(sbx)
+        return sbx
+
+    async def _connect(self, container: Container):  # type: ignore[no-untyped-def]
+        """Connect to the sandbox's init; it binds its socket a moment after crun returns."""
+        deadline = time.monotonic() + INIT_CONNECT_TIMEOUT
+        delay = 0.0005
+        while True:
+            try:
+                return await connect_init(container.socket_name, container.netns_path)
+            except (ConnectionRefusedError, FileNotFoundError):
+                if time.monotonic() > deadline:
+                    raise RuntimeFailure(
+                        f"sandbox {container.sandbox_id}: init did not come up"
+                    ) from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.02)
+
+    def _write_record(self, sbx: LocalSandbox) -> None:
+        record = {
+            "sandbox_id": sbx.sandbox_id,
+            "template_id": sbx.template_id,
+            "access_token": sbx.access_token,
+            "default_user": sbx.default_user,
+            "default_workdir": sbx.default_workdir,
+            "env_vars": sbx.env_vars,
+            "started_at": sbx.started_at.isoformat(),
+            "cpu_count": sbx.cpu_count,
+            "memory_mb": sbx.memory_mb,
+            "disk_mb": sbx.disk_mb,
+        }
+        path = self.runtime.dir_of(sbx.sandbox_id) / RECORD
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record))
+        tmp.replace(path)
+
+    # -- death and kill ----------------------------------------------------------------
+
+    def _watch(self, sbx: LocalSandbox) -> None:
+        task = asyncio.get_running_loop().create_task(self._watch_one(sbx))
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+    async def _watch_one(self, sbx: LocalSandbox) -> None:
+        """The init connection breaking means the sandbox died (or is being killed)."""
+        closed = sbx.spawner.closed  # type: ignore[attr-defined]
+        await closed
+        if sbx.sandbox_id in self._sandboxes and sbx.sandbox_id not in self._killing:
+            log.warning("sandbox %s died", sbx.sandbox_id)
+            await self.kill(sbx.sandbox_id)
+
+    async def kill(self, sandbox_id: str) -> bool:
+        """Kill and remove a sandbox; False when this node does not have it."""
+        task = self._killing.get(sandbox_id)
+        if task is None:
+            if sandbox_id not in self._sandboxes:
+                return False
+            task = asyncio.get_running_loop().create_task(self._teardown(sandbox_id))
+            self._killing[sandbox_id] = task
+        await asyncio.shield(task)
+        return True
+
+    async def _teardown(self, sandbox_id: str) -> None:
+        sbx = self._sandboxes[sandbox_id]
+        sbx.gone.set()
+        try:
+            for listener in self._gone_listeners:
+                try:
+                    listener(sandbox_id)
+                except Exception:  # a listener's bug must not leak the sandbox
+                    log.exception("gone listener failed for %s", sandbox_id)
+            with contextlib.suppress(Exception):
+                await sbx.spawner.aclose()
+            sbx.container.close()
+            await self.runtime.destroy(sandbox_id)
+        finally:
+            self._sandboxes.pop(sandbox_id, None)
+            self._killing.pop(sandbox_id, None)
+
+    # -- start-up and shut-down --------------------------------------------------------
+
+    async def adopt(self) -> None:
+        """Take back the sandboxes this node left running; remove every orphan."""
+        known = {c.id: c for c in await self.runtime.list_containers()}
+        dirs = set(self.runtime.list_dirs())
+        for sandbox_id in sorted(dirs | set(known)):
+            record_path = self.runtime.dir_of(sandbox_id) / RECORD
+            sbx = None
+            if record_path.exists() and sandbox_id in known:
+                sbx = await self._adopt_one(sandbox_id, record_path)
+            if sbx is None:
+                log.info("removing orphaned sandbox %s", sandbox_id)
+                await self.runtime.destroy(sandbox_id)
+                continue
+            self._sandboxes[sandbox_id] = sbx
+            self._watch(sbx)
+
+    async def _adopt_one(self, sandbox_id: str, record_path: Path) -> LocalSandbox | None:
+        try:
+            rec = json.loads(record_path.read_text())  # noqa: ASYNC240 (start-up, tiny file)
+            container = await self.runtime.adopt(sandbox_id)
+            if container is None:
+                return None
+            try:
+                spawner = await self._connect(container)
+            except Exception:
+                container.close()
+                return None
+            return LocalSandbox(
+                sandbox_id=sandbox_id,
+                template_id=rec["template_id"],
+                access_token=rec["access_token"],
+                default_user=rec["default_user"],
+                default_workdir=rec["default_workdir"],
+                env_vars=rec["env_vars"],
+                spawner=spawner,
+                container=container,
+                started_at=datetime.fromisoformat(rec["started_at"]),
+                cpu_count=rec["cpu_count"],
+                memory_mb=rec["memory_mb"],
+                disk_mb=rec["disk_mb"],
+            )
+        except (OSError, ValueError, KeyError, SandboxGone):
+            log.exception("could not adopt sandbox %s", sandbox_id)
+            return None
+
+    async def detach(self) -> None:
+        """Agent shut-down: stop watching, keep every sandbox running for the next start."""
+        for task in list(self._watchers):
+            task.cancel()
+        for sbx in list(self._sandboxes.values()):
+            with contextlib.suppress(Exception):
+                await sbx.spawner.aclose()
+            sbx.container.close()
+        self._sandboxes.clear()
+
+    async def kill_all(self) -> None:
+        await asyncio.gather(*(self.kill(s) for s in list(self._sandboxes)), return_exceptions=True)
+
+
+__all__ = ["NotFound", "SandboxManager"]

@@ -1,0 +1,425 @@
+"""The sandbox service: what the REST routes do, in E2B's terms, without HTTP.
+
+Create runs the placement loop around the pure scheduler: snapshot the nodes, pick
+one, reserve its capacity, ask its agent; if the agent refuses for capacity (or is
+unreachable, or lacks the template after all) exclude it and pick again; when no node
+is left, fail with the scheduler's reasons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from shoal import errors
+from shoal.api import query as q
+from shoal.api.registry import NodeRegistry
+from shoal.client.node import NodeUnreachable
+from shoal.config import Settings
+from shoal.envd.sandbox import ENVD_VERSION
+from shoal.ids import new_access_token, new_sandbox_id
+from shoal.scheduler import (
+    NoPlacement,
+    PlacementRequest,
+    Reason,
+    SchedulerConfig,
+    Strategy,
+    place,
+)
+from shoal.store.base import (
+    VISIBLE_STATES,
+    Cursor,
+    SandboxQuery,
+    SandboxRecord,
+    SandboxState,
+    Store,
+)
+from shoal.wire.api.models import ListedSandbox, NewSandbox, Sandbox, SandboxDetail
+from shoal.wire.node.models import CreateSandboxRequest
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+DEFAULT_CPU_COUNT = 2
+DEFAULT_MEMORY_MB = 512
+DEFAULT_DISK_MB = 1024
+
+MAX_MAP_KEYS = 1000
+MAX_MAP_BYTES = 64 * 1024
+"""Per map (metadata, envVars): keys and values together, UTF-8."""
+
+RESERVED_ENV = ("E2B_SANDBOX", "E2B_SANDBOX_ID", "E2B_TEMPLATE_ID")
+_ENV_NAME = re.compile(r"^[^=\x00]+$")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def scheduler_config(settings: Settings) -> SchedulerConfig:
+    try:
+        strategy = Strategy(settings.placement)
+    except ValueError as exc:
+        raise errors.InvalidArgument(
+            f"unknown placement strategy {settings.placement!r}: use latency, cost or balanced"
+        ) from exc
+    return SchedulerConfig(
+        strategy=strategy,
+        node_dead_after=settings.node_dead_after,
+        max_sandboxes_per_node=settings.max_sandboxes_per_node,
+        cpu_overcommit=settings.cpu_overcommit,
+        memory_overcommit=settings.memory_overcommit,
+    )
+
+
+def _check_map(name: str, values: Mapping[str, str]) -> None:
+    if len(values) > MAX_MAP_KEYS:
+        raise errors.InvalidArgument(f"{name} has {len(values)} keys; at most {MAX_MAP_KEYS}")
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in values.items())
+    if size > MAX_MAP_BYTES:
+        raise errors.InvalidArgument(
+            f"{name} is {size} bytes; keys and values together may be at most {MAX_MAP_BYTES}"
+        )
+
+
+@dataclass(frozen=True)
+class ListFilters:
+    states: Iterable[str] | None = None
+    metadata: str | None = None
+    started_after: str | None = None
+    template: str | None = None
+    order: str | None = None
+    limit: int | None = None
+    next_token: str | None = None
+
+
+class SandboxService:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        registry: NodeRegistry,
+        *,
+        clock: Clock = utcnow,
+        on_expiry: Callable[[], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+        self.clock = clock
+        self.config = scheduler_config(settings)
+        self._on_expiry = on_expiry or (lambda: None)
+
+    # helpers
+
+    def _timeout(self, value: int | None, *, name: str = "timeout") -> int:
+        if value is None:
+            return self.settings.default_timeout
+        if value < 0:
+            raise errors.InvalidArgument(f"{name} must not be negative (got {value})")
+        if value > self.settings.max_timeout:
+            raise errors.InvalidArgument(
+                f"{name} {value}s is above the maximum of {self.settings.max_timeout}s"
+            )
+        return value
+
+    async def _visible(self, team_id: str, sandbox_id: str) -> SandboxRecord:
+        """The sandbox as its team sees it; killed, expired or foreign → 404."""
+        rec = await self.store.get_sandbox(sandbox_id)
+        if (
+            rec is None
+            or rec.team_id != team_id
+            or rec.state not in VISIBLE_STATES
+            or (rec.state is SandboxState.RUNNING and rec.end_at <= self.clock())
+        ):
+            raise errors.SandboxNotFound(sandbox_id)
+        return rec
+
+    def _sandbox(self, rec: SandboxRecord) -> Sandbox:
+        return Sandbox(
+            templateID=rec.template_id,
+            sandboxID=rec.sandbox_id,
+            clientID=rec.client_id,
+            envdVersion=ENVD_VERSION,
+            alias=rec.alias,
+            envdAccessToken=rec.access_token,
+            trafficAccessToken=None,
+            domain=self.settings.domain,
+        )
+
+    @staticmethod
+    def _listed(rec: SandboxRecord) -> ListedSandbox:
+        return ListedSandbox(
+            templateID=rec.template_id,
+            sandboxID=rec.sandbox_id,
+            clientID=rec.client_id,
+            startedAt=rec.started_at,
+            endAt=rec.end_at,
+            cpuCount=rec.cpu_count,
+            memoryMB=rec.memory_mb,
+            diskSizeMB=rec.disk_mb,
+            state="paused" if rec.state is SandboxState.PAUSED else "running",
+            envdVersion=ENVD_VERSION,
+            alias=rec.alias,
+            metadata=dict(rec.metadata),
+        )
+
+    # operations
+
+    async def create(self, team_id: str, body: NewSandbox) -> Sandbox:
+        timeout = self._timeout(body.timeout)
+        metadata = dict(body.metadata or {})
+        user_env = dict(body.env_vars or {})
+        _check_map("metadata", metadata)
+        _check_map("envVars", user_env)
+        for name, value in user_env.items():
+            if not _ENV_NAME.match(name) or "\x00" in value:
+                raise errors.InvalidArgument(
+                    f"invalid environment variable name {name!r}: no '=' or NUL allowed"
+                )
+        template = body.template_id
+        if not self.registry.entries():
+            raise errors.CapacityExhausted("no nodes are registered")
+        if template not in self.registry.templates():
+            raise errors.NotFound(f"template '{template}' not found")
+
+        sandbox_id = new_sandbox_id()
+        env = {
+            **user_env,
+            "E2B_SANDBOX": "true",
+            "E2B_SANDBOX_ID": sandbox_id,
+            "E2B_TEMPLATE_ID": template,
+        }
+        request = CreateSandboxRequest(
+            sandbox_id=sandbox_id,
+            template_id=template,
+            cpu_count=DEFAULT_CPU_COUNT,
+            memory_mb=DEFAULT_MEMORY_MB,
+            disk_mb=DEFAULT_DISK_MB,
+            access_token=new_access_token(),
+            env_vars=env,
+            hostname=sandbox_id,
+        )
+        excluded: set[str] = set()
+        last_error: errors.ShoalError | None = None
+        while True:
+            usage = await self.store.node_usage()
+            now = self.clock()
+            result = place(
+                self.registry.snapshot(usage),
+                PlacementRequest(
+                    template_id=template,
+                    cpu_count=request.cpu_count,
+                    memory_mb=request.memory_mb,
+                    now=now,
+                    exclude=frozenset(excluded),
+                ),
+                self.config,
+            )
+            if isinstance(result, NoPlacement):
+                raise self._no_placement(template, result, last_error)
+            node_id = result.node_id
+            client = self.registry.client(node_id)
+            if client is None:  # pragma: no cover - snapshot only holds nodes with clients
+                excluded.add(node_id)
+                continue
+            record = SandboxRecord(
+                sandbox_id=sandbox_id,
+                team_id=team_id,
+                template_id=template,
+                alias=template,
+                node_id=node_id,
+                state=SandboxState.CREATING,
+                client_id=node_id,
+                started_at=now,
+                end_at=now + timedelta(seconds=timeout),
+                cpu_count=request.cpu_count,
+                memory_mb=request.memory_mb,
+                disk_mb=request.disk_mb,
+                access_token=request.access_token,
+                metadata=metadata,
+                env_vars=user_env,
+                auto_pause=body.auto_pause,
+                allow_internet_access=body.allow_internet_access,
+            )
+            with self.registry.reserve(node_id, request.cpu_count, request.memory_mb):
+                await self.store.insert_sandbox(record)
+                try:
+                    await client.create_sandbox(request)
+                except (errors.CapacityExhausted, NodeUnreachable, errors.NotFound) as exc:
+                    log.info("node %s refused sandbox %s: %s", node_id, sandbox_id, exc.message)
+                    await self.store.delete_sandbox(sandbox_id)
+                    excluded.add(node_id)
+                    last_error = exc
+                    continue
+                except errors.ShoalError:
+                    await self.store.delete_sandbox(sandbox_id)
+                    raise
+                except BaseException:
+                    # Cancelled or crashed mid-create: the node may have started it, so
+                    # leave a pending kill for the reaper instead of forgetting it.
+                    await asyncio.shield(
+                        self.store.update_sandbox(sandbox_id, state=SandboxState.KILLING)
+                    )
+                    raise
+                started = self.clock()
+                await self.store.update_sandbox(
+                    sandbox_id,
+                    state=SandboxState.RUNNING,
+                    started_at=started,
+                    end_at=started + timedelta(seconds=timeout),
+                    expect_states=frozenset({SandboxState.CREATING}),
+                )
+            return self._sandbox(record)
+
+    def _no_placement(
+        self, template: str, result: NoPlacement, last_error: errors.ShoalError | None
+    ) -> errors.ShoalError:
+        if result.only_template_missing:
+            return errors.NotFound(f"template '{template}' not found")
+        message = result.describe()
+        if last_error is not None:
+            message += f"; last refusal: {last_error.message}"
+        refused = any(r is Reason.EXCLUDED for r in result.reasons.values())
+        error_code = (
+            "sandbox_capacity_unavailable"
+            if refused or self._capacity(result)
+            else ("sandbox_no_compatible_node")
+        )
+        return errors.CapacityExhausted(message, error_code=error_code)
+
+    @staticmethod
+    def _capacity(result: NoPlacement) -> bool:
+        return any(
+            r in (Reason.CPU, Reason.MEMORY, Reason.SANDBOX_COUNT) for r in result.reasons.values()
+        )
+
+    async def connect(self, team_id: str, sandbox_id: str, timeout_s: int | None) -> Sandbox:
+        rec = await self._visible(team_id, sandbox_id)
+        if rec.state is SandboxState.PAUSED:
+            raise errors.InvalidStateTransition("resuming a paused sandbox is not supported yet")
+        seconds = self._timeout(timeout_s)
+        wanted = self.clock() + timedelta(seconds=seconds)
+        if wanted > rec.end_at:  # connect only ever extends a running sandbox
+            await self.store.update_sandbox(sandbox_id, end_at=wanted)
+        return self._sandbox(rec)
+
+    async def set_timeout(self, team_id: str, sandbox_id: str, timeout_s: int) -> None:
+        rec = await self._visible(team_id, sandbox_id)
+        seconds = self._timeout(timeout_s)
+        end_at = self.clock() + timedelta(seconds=seconds)
+        await self.store.update_sandbox(
+            rec.sandbox_id, end_at=end_at, expect_states=frozenset(VISIBLE_STATES)
+        )
+        if seconds == 0:
+            self._on_expiry()
+
+    async def refresh(self, team_id: str, sandbox_id: str, duration: int | None) -> None:
+        rec = await self._visible(team_id, sandbox_id)
+        seconds = self._timeout(duration, name="duration")
+        wanted = self.clock() + timedelta(seconds=seconds)
+        if wanted > rec.end_at:
+            await self.store.update_sandbox(rec.sandbox_id, end_at=wanted)
+
+    async def kill(self, team_id: str, sandbox_id: str) -> None:
+        rec = await self._visible(team_id, sandbox_id)
+        claimed = await self.store.update_sandbox(
+            sandbox_id, state=SandboxState.KILLING, expect_states=frozenset(VISIBLE_STATES)
+        )
+        if not claimed:
+            raise errors.SandboxNotFound(sandbox_id)
+        await kill_on_node(self.store, self.registry, rec, self.clock)
+
+    async def get(self, team_id: str, sandbox_id: str) -> SandboxDetail:
+        rec = await self._visible(team_id, sandbox_id)
+        listed = self._listed(rec)
+        return SandboxDetail(
+            **listed.model_dump(by_alias=True),
+            envdAccessToken=rec.access_token,
+            allowInternetAccess=rec.allow_internet_access,
+            domain=self.settings.domain,
+        )
+
+    async def list_sandboxes(
+        self, team_id: str, filters: ListFilters
+    ) -> tuple[list[ListedSandbox], str]:
+        """One page and the token of the next ('' on the last page)."""
+        limit = q.parse_limit(filters.limit)
+        order = q.parse_order(filters.order)
+        query = SandboxQuery(
+            team_id=team_id,
+            states=q.parse_states(filters.states),
+            metadata=q.parse_metadata_filter(filters.metadata),
+            started_after=(
+                q.parse_timestamp(filters.started_after, "startedAfter")
+                if filters.started_after
+                else None
+            ),
+            template=filters.template or None,
+            alive_at=self.clock(),
+            order="asc" if order == "asc" else "desc",
+            after=q.decode_token(filters.next_token) if filters.next_token else None,
+            limit=limit + 1,
+        )
+        rows = await self.store.list_sandboxes(query)
+        page = rows[:limit]
+        token = ""
+        if len(rows) > limit:
+            last = page[-1]
+            token = q.encode_token(Cursor(started_at=last.started_at, sandbox_id=last.sandbox_id))
+        return [self._listed(r) for r in page], token
+
+    async def list_running(self, team_id: str, metadata: str | None) -> list[ListedSandbox]:
+        """v1 list: running sandboxes only, metadata filter, no paging."""
+        query = SandboxQuery(
+            team_id=team_id,
+            states=frozenset({SandboxState.RUNNING}),
+            metadata=q.parse_metadata_filter(metadata),
+            alive_at=self.clock(),
+        )
+        return [self._listed(r) for r in await self.store.list_sandboxes(query)]
+
+
+async def kill_on_node(
+    store: Store, registry: NodeRegistry, rec: SandboxRecord, clock: Clock
+) -> bool:
+    """Kill a sandbox already marked ``killing``; True once it is ``killed``.
+
+    If its node is unreachable the row stays ``killing`` and the reaper retries. If its
+    node is unknown, the row is closed now: should that node come back with the sandbox,
+    heartbeat reconciliation kills it as an orphan.
+    """
+    client = registry.client(rec.node_id)
+    if client is not None:
+        try:
+            async with asyncio.timeout(10):
+                await client.kill_sandbox(rec.sandbox_id)
+        except (NodeUnreachable, TimeoutError) as exc:
+            log.info("kill of %s pending, node %s: %s", rec.sandbox_id, rec.node_id, exc)
+            return False
+        except errors.ShoalError as exc:
+            log.warning("node %s failed to kill %s: %s", rec.node_id, rec.sandbox_id, exc.message)
+            return False
+    await store.update_sandbox(rec.sandbox_id, state=SandboxState.KILLED, killed_at=clock())
+    return True
+
+
+__all__ = [
+    "DEFAULT_CPU_COUNT",
+    "DEFAULT_DISK_MB",
+    "DEFAULT_MEMORY_MB",
+    "MAX_MAP_BYTES",
+    "MAX_MAP_KEYS",
+    "RESERVED_ENV",
+    "Clock",
+    "ListFilters",
+    "SandboxService",
+    "kill_on_node",
+    "scheduler_config",
+    "utcnow",
+]

@@ -1,0 +1,1 @@
+"""Small internal httpx clients: the node protocol client lives in ``shoal.client.node``."""

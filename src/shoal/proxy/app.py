@@ -1,0 +1,100 @@
+"""The proxy's ASGI app: find the sandbox's node, hand the request to it.
+
+A node agent in the same process is called directly as an ASGI app (no socket, no copy);
+a remote one through :func:`shoal.proxy.forward.forward`. Either way the response
+streams, and an upstream that breaks mid-response aborts the client's connection.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from shoal.proxy.forward import UpstreamUnavailable, forward, make_client
+from shoal.proxy.responses import sandbox_not_found, send_json
+from shoal.proxy.routing import route_of
+
+
+@dataclass(frozen=True)
+class Upstream:
+    node_id: str
+    app: ASGIApp | None = None
+    """The node agent's ASGI app when it runs in this process."""
+    url: str | None = None
+    """The node agent's base URL otherwise."""
+
+
+Locator = Callable[[str], Awaitable[Upstream | None]]
+
+CACHE_TTL = 5.0
+
+
+class Proxy:
+    def __init__(self, locate: Locator, *, node_token: str | None = None) -> None:
+        self._locate = locate
+        self._cache: dict[str, tuple[float, Upstream]] = {}
+        self._client = make_client()
+        self._extra = [(b"x-shoal-node-token", node_token.encode())] if node_token else []
+
+    def forget(self, sandbox_id: str) -> None:
+        self._cache.pop(sandbox_id, None)
+
+    async def _upstream(self, sandbox_id: str) -> Upstream | None:
+        hit = self._cache.get(sandbox_id)
+        now = time.monotonic()
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        up = await self._locate(sandbox_id)
+        if up is not None:
+            if len(self._cache) > 100_000:
+                self._cache.clear()
+            self._cache[sandbox_id] = (now + CACHE_TTL, up)
+        return up
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _noop_lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        route = route_of(scope)
+        if route is None:
+            if scope["path"] == "/health":
+                await send_json(send, 200, {"status": "ok"})
+                return
+            await send_json(
+                send,
+                400,
+                {"code": 400, "message": "missing E2b-Sandbox-Id / E2b-Sandbox-Port headers"},
+            )
+            return
+        sandbox_id, _port = route
+        up = await self._upstream(sandbox_id)
+        if up is None:
+            await sandbox_not_found(send, sandbox_id)
+            return
+        if up.app is not None:
+            await up.app(scope, receive, send)
+            return
+        assert up.url is not None
+        try:
+            await forward(scope, receive, send, self._client, up.url, extra_headers=self._extra)
+        except UpstreamUnavailable:
+            self.forget(sandbox_id)
+            await sandbox_not_found(send, sandbox_id)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+async def _noop_lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,0 +1,209 @@
+"""Sandbox containers on one node: lay out, start, find again and tear down.
+
+On disk, under ``<data_dir>/sandboxes/<sandbox_id>/``::
+
+    upper/  work/     the writable overlay layer and overlayfs' work dir
+    rootfs/           the overlay mount (template layer + upper), the container's root
+    bundle/config.json
+    boot_id           this sandbox's own /proc/sys/kernel/random/boot_id
+    init.pid
+
+Teardown is idempotent and ordered so nothing leaks even when a step fails half way:
+kill the container (its whole cgroup), delete it (crun removes the cgroups), unmount the
+overlay, remove the directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from shoal.errors import RuntimeFailure
+from shoal.runtime import oci, overlay
+from shoal.runtime.crun import ContainerState, Crun
+
+
+@dataclass(frozen=True)
+class ContainerLimits:
+    cpu_count: int
+    memory_mb: int
+    disk_mb: int
+    pids: int = 4096
+
+
+@dataclass
+class Container:
+    sandbox_id: str
+    init_pid: int
+    rootfs: Path
+    socket_name: str
+    netns_fd: int
+    """An open fd of the sandbox's network namespace; stays valid however pids are reused."""
+
+    @property
+    def netns_path(self) -> str:
+        return f"/proc/{os.getpid()}/fd/{self.netns_fd}"
+
+    def close(self) -> None:
+        if self.netns_fd >= 0:
+            try:
+                os.close(self.netns_fd)
+            except OSError:
+                pass
+            self.netns_fd = -1
+
+
+def raise_nofile_limit() -> None:
+    """Sandboxes get RLIMIT_NOFILE 65536, which crun can only grant up to its own hard
+    limit; and every sandbox process's stdio passes through the agent, so the agent needs
+    far more than the default 1024 itself."""
+    want = 1 << 20
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+    except (ValueError, OSError):
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def socket_name_for(sandbox_id: str) -> str:
+    return f"shoal-init-{sandbox_id}"
+
+
+class ContainerRuntime:
+    def __init__(self, data_dir: Path, node_id: str, init_binary: Path, uid_base: int) -> None:
+        raise_nofile_limit()
+        self.root = data_dir / "sandboxes"
+        self.root.mkdir(parents=True, exist_ok=True)
+        state_root = Path("/run/shoal") / node_id / "crun"
+        state_root.mkdir(parents=True, exist_ok=True)
+        self.crun = Crun(str(state_root))
+        self.node_id = node_id
+        self.init_binary = init_binary
+        self.uid_base = uid_base
+
+    def cgroup_path(self, sandbox_id: str) -> str:
+        return f"/shoal/{self.node_id}/{sandbox_id}"
+
+    def dir_of(self, sandbox_id: str) -> Path:
+        return self.root / sandbox_id
+
+    async def start(
+        self, sandbox_id: str, template_rootfs: Path, limits: ContainerLimits, hostname: str
+    ) -> Container:
+        """Lay out and start the container; on any failure leave nothing behind."""
+        if self.dir_of(sandbox_id).exists():
+            raise RuntimeFailure(f"sandbox {sandbox_id} already exists on this node")
+        try:
+            return await self._start(sandbox_id, template_rootfs, limits, hostname)
+        except BaseException:
+            await self.destroy(sandbox_id)
+            raise
+
+    async def _start(
+        self, sandbox_id: str, template_rootfs: Path, limits: ContainerLimits, hostname: str
+    ) -> Container:
+        d = self.dir_of(sandbox_id)
+        await asyncio.to_thread(self._prepare, d, template_rootfs, hostname)
+        spec = oci.SandboxSpec(
+            sandbox_id=sandbox_id,
+            rootfs=str(d / "rootfs"),
+            init_binary=str(self.init_binary),
+            socket_name=socket_name_for(sandbox_id),
+            cgroup_path=self.cgroup_path(sandbox_id),
+            cpu_count=limits.cpu_count,
+            memory_mb=limits.memory_mb,
+            uid_base=self.uid_base,
+            hostname=hostname,
+            pids_limit=limits.pids,
+            boot_id_file=str(d / "boot_id"),
+            nofile=min(65536, resource.getrlimit(resource.RLIMIT_NOFILE)[1]),
+        )
+        config = oci.build_config(spec)
+        (d / "bundle" / "config.json").write_text(json.dumps(config))
+        pid = await self.crun.run_detached(
+            sandbox_id, str(d / "bundle"), str(d / "init.pid"), str(d / "init.log")
+        )
+        return self._attach(sandbox_id, pid)
+
+    def _prepare(self, d: Path, template_rootfs: Path, hostname: str) -> None:
+        upper, work, rootfs = d / "upper", d / "work", d / "rootfs"
+        d.mkdir(parents=True)
+        for p in (upper, work, rootfs, d / "bundle"):
+            p.mkdir()
+        # The init binary's mount point lives in the writable layer, owned by the
+        # sandbox's root, so templates need no Shoal-specific files.
+        shoal_dir = upper / ".shoal"
+        shoal_dir.mkdir()
+        (shoal_dir / "init").touch()
+        for p in (upper, shoal_dir, shoal_dir / "init"):
+            os.chown(p, self.uid_base, self.uid_base)
+        os.chmod(upper, 0o755)
+        # Name resolution of the sandbox's own hostname (sudo asks for it on every call).
+        etc = upper / "etc"
+        etc.mkdir(mode=0o755)
+        hosts = etc / "hosts"
+        hosts.write_text(
+            f"127.0.0.1\tlocalhost {hostname}\n"
+            f"::1\tlocalhost ip6-localhost ip6-loopback {hostname}\n"
+        )
+        os.chmod(etc, 0o755)
+        os.chmod(hosts, 0o644)
+        os.chown(etc, self.uid_base, self.uid_base)
+        os.chown(hosts, self.uid_base, self.uid_base)
+        (d / "boot_id").write_text(str(uuid.uuid4()) + "\n")
+        overlay.mount_overlay(str(template_rootfs), str(upper), str(work), str(rootfs))
+
+    def _attach(self, sandbox_id: str, pid: int) -> Container:
+        try:
+            netns_fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise RuntimeFailure(f"sandbox {sandbox_id} init (pid {pid}) is gone") from exc
+        return Container(
+            sandbox_id=sandbox_id,
+            init_pid=pid,
+            rootfs=self.dir_of(sandbox_id) / "rootfs",
+            socket_name=socket_name_for(sandbox_id),
+            netns_fd=netns_fd,
+        )
+
+    async def adopt(self, sandbox_id: str) -> Container | None:
+        """Find a sandbox this node started before a restart; None if it is not running."""
+        state = await self.crun.state(sandbox_id)
+        if state is None or state.status != "running" or not state.pid:
+            return None
+        return self._attach(sandbox_id, state.pid)
+
+    async def list_containers(self) -> list[ContainerState]:
+        return await self.crun.list()
+
+    def list_dirs(self) -> list[str]:
+        return [p.name for p in self.root.iterdir() if p.is_dir()]
+
+    async def destroy(self, sandbox_id: str) -> None:
+        """Kill and remove everything of the sandbox. Idempotent."""
+        await self.crun.kill(sandbox_id, "KILL")
+        await self.crun.delete(sandbox_id)
+        d = self.dir_of(sandbox_id)
+        await asyncio.to_thread(self._remove_dir, d)
+
+    @staticmethod
+    def _remove_dir(d: Path) -> None:
+        rootfs = d / "rootfs"
+        for attempt in range(50):
+            try:
+                overlay.unmount(str(rootfs))
+                break
+            except OSError:
+                time.sleep(0.01 * (attempt + 1))
+        shutil.rmtree(d, ignore_errors=True)
+        if d.exists():
+            raise RuntimeFailure(f"could not remove {d}")

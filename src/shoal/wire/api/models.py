@@ -1,0 +1,140 @@
+"""Pydantic models of E2B's control-plane REST shapes (wire only, no logic).
+
+Names follow the wire: camelCase with a capitalised ``ID`` and the one snake_case
+field ``allow_internet_access``. Request models ignore unknown fields (newer SDKs add
+fields); responses are dumped with :func:`to_wire`, which drops unset optionals
+because the Python SDK treats a present ``null`` and an absent field differently for
+some fields.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    always: ClassVar[frozenset[str]] = frozenset()
+    """Wire names kept even when ``None`` (optional in the spec but sent as ``null``)."""
+
+
+def to_wire(model: _Response) -> dict[str, Any]:
+    """The JSON body of a response model: aliases, and no ``None`` unless listed in ``always``."""
+    full = model.model_dump(mode="json", by_alias=True)
+    return {k: v for k, v in full.items() if v is not None or k in model.always}
+
+
+class AutoResume(_Request):
+    enabled: bool = False
+
+
+class NewSandbox(_Request):
+    """Body of ``POST /v2/sandboxes`` and of the v1 ``POST /sandboxes`` (which adds ``secure``)."""
+
+    template_id: str = Field(alias="templateID", min_length=1)
+    timeout: int | None = None
+    metadata: dict[str, str] | None = None
+    env_vars: dict[str, str] | None = Field(default=None, alias="envVars")
+    auto_pause: bool = Field(default=False, alias="autoPause")
+    auto_pause_memory: bool | None = Field(default=None, alias="autoPauseMemory")
+    auto_resume: AutoResume | None = Field(default=None, alias="autoResume")
+    allow_internet_access: bool | None = None
+    network: dict[str, Any] | None = None
+    mcp: dict[str, Any] | None = None
+    secure: bool | None = None
+    """v1 only; Shoal issues an access token either way."""
+
+
+class ConnectSandbox(_Request):
+    """Body of ``POST /v2/sandboxes/{id}/connect`` (v1 requires ``timeout``)."""
+
+    timeout: int | None = None
+    memory: bool | None = None
+
+
+class ConnectSandboxV1(_Request):
+    timeout: int
+
+
+class TimeoutRequest(_Request):
+    timeout: int
+
+
+class RefreshRequest(_Request):
+    duration: int | None = None
+
+
+class Sandbox(_Response):
+    """Response of create and connect."""
+
+    always = frozenset({"trafficAccessToken", "domain"})
+
+    template_id: str = Field(alias="templateID")
+    sandbox_id: str = Field(alias="sandboxID")
+    client_id: str = Field(alias="clientID")
+    envd_version: str = Field(alias="envdVersion")
+    alias: str | None = None
+    envd_access_token: str | None = Field(default=None, alias="envdAccessToken")
+    traffic_access_token: str | None = Field(default=None, alias="trafficAccessToken")
+    domain: str | None = None
+
+
+SandboxState = Literal["running", "paused"]
+
+
+class ListedSandbox(_Response):
+    template_id: str = Field(alias="templateID")
+    sandbox_id: str = Field(alias="sandboxID")
+    client_id: str = Field(alias="clientID")
+    started_at: datetime = Field(alias="startedAt")
+    end_at: datetime = Field(alias="endAt")
+    cpu_count: int = Field(alias="cpuCount")
+    memory_mb: int = Field(alias="memoryMB")
+    disk_size_mb: int = Field(alias="diskSizeMB")
+    state: SandboxState
+    envd_version: str = Field(alias="envdVersion")
+    alias: str | None = None
+    metadata: dict[str, str] | None = None
+
+
+class SandboxLifecycle(_Response):
+    auto_resume: bool = Field(default=False, alias="autoResume")
+    on_timeout: Literal["kill", "pause"] = Field(default="kill", alias="onTimeout")
+
+
+class SandboxDetail(ListedSandbox):
+    envd_access_token: str | None = Field(default=None, alias="envdAccessToken")
+    allow_internet_access: bool | None = Field(default=None, alias="allowInternetAccess")
+    domain: str | None = None
+    lifecycle: SandboxLifecycle = Field(default_factory=SandboxLifecycle)
+
+
+class ErrorBody(_Response):
+    code: int
+    message: str
+    error_code: str | None = None
+
+
+__all__ = [
+    "AutoResume",
+    "ConnectSandbox",
+    "ConnectSandboxV1",
+    "ErrorBody",
+    "ListedSandbox",
+    "NewSandbox",
+    "RefreshRequest",
+    "Sandbox",
+    "SandboxDetail",
+    "SandboxLifecycle",
+    "SandboxState",
+    "TimeoutRequest",
+    "to_wire",
+]

@@ -1,0 +1,21 @@
+"""The node protocol: what the control plane and a node agent say to each other.
+
+JSON over HTTP, served by every node agent under ``/node/v1`` (see
+``docs/ARCHITECTURE.md`` § Node protocol). Requests carry ``X-Shoal-Node-Token``.
+"""
+
+from shoal.wire.node.models import (
+    CreateSandboxRequest,
+    Heartbeat,
+    NodeInfo,
+    NodeResources,
+    SandboxStatus,
+)
+
+__all__ = [
+    "CreateSandboxRequest",
+    "Heartbeat",
+    "NodeInfo",
+    "NodeResources",
+    "SandboxStatus",
+]

@@ -1,0 +1,62 @@
+"""Pydantic models of the node protocol (wire only, no logic)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+NODE_TOKEN_HEADER = "X-Shoal-Node-Token"
+PREFIX = "/node/v1"
+
+
+class NodeResources(BaseModel):
+    cpu_count: int
+    memory_mb: int
+    disk_mb: int
+    sandboxes: int = 0
+
+
+class NodeInfo(BaseModel):
+    """``GET /node/v1/info`` and the body of every heartbeat."""
+
+    node_id: str
+    address: str
+    """Base URL the control plane and proxy use to reach this agent (``inproc://`` in serve)."""
+    region: str = "local"
+    cost: float = 1.0
+    draining: bool = False
+    capacity: NodeResources
+    allocated: NodeResources
+    templates: list[str] = Field(default_factory=list)
+
+
+class CreateSandboxRequest(BaseModel):
+    """``POST /node/v1/sandboxes``: answered 201 only once envd can serve the sandbox."""
+
+    sandbox_id: str
+    template_id: str
+    cpu_count: int
+    memory_mb: int
+    disk_mb: int
+    access_token: str | None
+    env_vars: dict[str, str] = Field(default_factory=dict)
+    """Sandbox-level variables, ``E2B_SANDBOX*`` included."""
+    hostname: str | None = None
+
+
+class SandboxStatus(BaseModel):
+    sandbox_id: str
+    template_id: str
+    state: str
+    """``running`` (more states come with pause)."""
+    started_at: datetime
+    init_pid: int = 0
+    """Host pid of the sandbox's pid 1 (diagnostics)."""
+
+
+class Heartbeat(BaseModel):
+    """``POST /internal/v1/nodes/{node_id}/heartbeat`` on the control plane."""
+
+    node: NodeInfo
+    sandboxes: list[SandboxStatus]

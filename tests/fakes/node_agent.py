@@ -1,0 +1,158 @@
+"""A fake node agent: the ``/node/v1`` protocol over an in-memory sandbox table.
+
+Only the node is fake; tests drive the real API, store and node client against it.
+Knobs: ``refuse`` (answer creates with 503 capacity), ``down`` (the transport fails as
+if the machine were unreachable), ``create_delay`` (slow creates, for concurrency).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from shoal.client.node import NodeClient
+from shoal.wire.node.models import (
+    NODE_TOKEN_HEADER,
+    PREFIX,
+    CreateSandboxRequest,
+    NodeInfo,
+    NodeResources,
+    SandboxStatus,
+)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"code": status, "message": message}, status_code=status)
+
+
+class _Switchable(httpx.AsyncBaseTransport):
+    """ASGI transport that can be made to fail like a dead machine."""
+
+    def __init__(self, node: FakeNode) -> None:
+        self.node = node
+        self.inner = httpx.ASGITransport(app=node.app)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.node.down:
+            raise httpx.ConnectError("connection refused", request=request)
+        return await self.inner.handle_async_request(request)
+
+
+class FakeNode:
+    def __init__(
+        self,
+        node_id: str = "node1",
+        *,
+        templates: tuple[str, ...] = ("base",),
+        cpu_count: int = 8,
+        memory_mb: int = 8192,
+        max_sandboxes: int = 1000,
+        token: str | None = "node-secret",
+        cost: float = 1.0,
+    ) -> None:
+        self.node_id = node_id
+        self.templates = list(templates)
+        self.cpu_count = cpu_count
+        self.memory_mb = memory_mb
+        self.max_sandboxes = max_sandboxes
+        self.token = token
+        self.cost = cost
+        self.draining = False
+        self.refuse = False
+        self.down = False
+        self.create_delay = 0.0
+        self.sandboxes: dict[str, SandboxStatus] = {}
+        self.requests: dict[str, CreateSandboxRequest] = {}
+        self.killed: list[str] = []
+        self.app = Starlette(
+            routes=[
+                Route(f"{PREFIX}/info", self._info, methods=["GET"]),
+                Route(f"{PREFIX}/sandboxes", self._list, methods=["GET"]),
+                Route(f"{PREFIX}/sandboxes", self._create, methods=["POST"]),
+                Route(f"{PREFIX}/sandboxes/{{sandbox_id}}", self._kill, methods=["DELETE"]),
+            ]
+        )
+
+    @property
+    def address(self) -> str:
+        return f"http://{self.node_id}.test"
+
+    def info(self) -> NodeInfo:
+        cpu = sum(r.cpu_count for r in self.requests.values() if r.sandbox_id in self.sandboxes)
+        mem = sum(r.memory_mb for r in self.requests.values() if r.sandbox_id in self.sandboxes)
+        return NodeInfo(
+            node_id=self.node_id,
+            address=self.address,
+            cost=self.cost,
+            draining=self.draining,
+            capacity=NodeResources(cpu_count=self.cpu_count, memory_mb=self.memory_mb, disk_mb=0),
+            allocated=NodeResources(
+                cpu_count=cpu, memory_mb=mem, disk_mb=0, sandboxes=len(self.sandboxes)
+            ),
+            templates=list(self.templates),
+        )
+
+    def client(self) -> NodeClient:
+        return NodeClient(self.address, token=self.token, transport=_Switchable(self))
+
+    def add_orphan(self, sandbox_id: str, template_id: str = "base") -> None:
+        self.sandboxes[sandbox_id] = SandboxStatus(
+            sandbox_id=sandbox_id,
+            template_id=template_id,
+            state="running",
+            started_at=datetime.now(UTC),
+        )
+
+    def _authorized(self, request: Request) -> bool:
+        return self.token is None or request.headers.get(NODE_TOKEN_HEADER) == self.token
+
+    async def _info(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return _error(401, "invalid node token")
+        return JSONResponse(self.info().model_dump(mode="json"))
+
+    async def _list(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return _error(401, "invalid node token")
+        return JSONResponse([s.model_dump(mode="json") for s in self.sandboxes.values()])
+
+    async def _create(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return _error(401, "invalid node token")
+        req = CreateSandboxRequest.model_validate_json(await request.body())
+        if req.template_id not in self.templates:
+            return _error(404, f"template '{req.template_id}' not found")
+        if self.refuse or len(self.sandboxes) >= self.max_sandboxes:
+            return _error(503, f"node {self.node_id} is full")
+        if self.create_delay:
+            await asyncio.sleep(self.create_delay)
+        status = SandboxStatus(
+            sandbox_id=req.sandbox_id,
+            template_id=req.template_id,
+            state="running",
+            started_at=datetime.now(UTC),
+            init_pid=4242,
+        )
+        self.sandboxes[req.sandbox_id] = status
+        self.requests[req.sandbox_id] = req
+        body: dict[str, Any] = status.model_dump(mode="json")
+        return JSONResponse(body, status_code=201)
+
+    async def _kill(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return _error(401, "invalid node token")
+        sandbox_id = request.path_params["sandbox_id"]
+        if self.sandboxes.pop(sandbox_id, None) is None:
+            return _error(404, f"sandbox {sandbox_id} not found on this node")
+        self.killed.append(sandbox_id)
+        return Response(status_code=204)
+
+
+__all__ = ["FakeNode"]
