@@ -21,3 +21,7 @@ cli.add_command(sandbox)
 
 def main() -> None:
     cli()
+
+
+if __name__ == "__main__":
+    main()

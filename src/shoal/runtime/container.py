@@ -74,6 +74,17 @@ def raise_nofile_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def _check_searchable(path: Path) -> None:
+    """crun sets up the root filesystem from inside the user namespace, as the sandbox's
+    unprivileged root: every directory above the sandboxes must let "others" through."""
+    for p in [path, *path.parents]:
+        if not os.stat(p).st_mode & 0o001:
+            raise RuntimeFailure(
+                f"{p} is not searchable by other users (mode o+x); sandboxes under {path} "
+                "could not start. Choose a data directory whose parents are all o+x."
+            )
+
+
 def socket_name_for(sandbox_id: str) -> str:
     return f"shoal-init-{sandbox_id}"
 
@@ -83,6 +94,7 @@ class ContainerRuntime:
         raise_nofile_limit()
         self.root = data_dir / "sandboxes"
         self.root.mkdir(parents=True, exist_ok=True)
+        _check_searchable(self.root)
         state_root = Path("/run/shoal") / node_id / "crun"
         state_root.mkdir(parents=True, exist_ok=True)
         self.crun = Crun(str(state_root))
