@@ -56,6 +56,9 @@ class Settings:
     """Control-plane REST API port (``E2B_API_URL``)."""
     sandbox_port: int = 3001
     """Data-plane proxy port (``E2B_SANDBOX_URL``)."""
+    local_agent: bool = True
+    """``serve`` runs a node agent in its own process (off: control plane and proxy only,
+    with stand-alone ``shoal agent`` nodes)."""
     agent_port: int = 0
     """Node agent's node-protocol port (``shoal agent``); ``serve`` runs its agent in-process."""
     data_dir: Path = Path("/var/lib/shoal")

@@ -45,8 +45,8 @@ class Stack:
     settings: Settings
     store: SqlStore
     registry: NodeRegistry
-    agent: NodeAgent
-    agent_app: AgentApp
+    agent: NodeAgent | None
+    agent_app: AgentApp | None
     api_app: FastAPI
     proxy: Proxy
 
@@ -58,13 +58,16 @@ class Stack:
 def build_stack(settings: Settings) -> Stack:
     store = SqlStore(settings.db_url)
     registry = NodeRegistry(client_factory=http_client_factory(settings.node_token))
-    agent = NodeAgent(settings, address="")
-    agent.address = f"inproc://{agent.node_id}"
-    agent_app = AgentApp(agent)
+    agent: NodeAgent | None = None
+    agent_app: AgentApp | None = None
+    if settings.local_agent:
+        agent = NodeAgent(settings, address="")
+        agent.address = f"inproc://{agent.node_id}"
+        agent_app = AgentApp(agent)
     api_app = build_api_app(settings, store, registry)
 
     async def locate(sandbox_id: str) -> Upstream | None:
-        if agent.manager.get(sandbox_id) is not None:
+        if agent is not None and agent.manager.get(sandbox_id) is not None:
             return Upstream(node_id=agent.node_id, app=agent.dataplane)
         record = await store.get_sandbox(sandbox_id)
         if record is None or record.state != SandboxState.RUNNING or not record.node_id:
@@ -85,17 +88,19 @@ async def running(stack: Stack) -> AsyncIterator[Stack]:
     Sandboxes keep running when the stack stops: a restart adopts them.
     """
     settings = stack.settings
-    await stack.agent.start()
-    stack.registry.add_local(
-        stack.agent.info(),
-        NodeClient.for_app(stack.agent_app, token=settings.node_token),
-        datetime.now(UTC),
-    )
+    if stack.agent is not None and stack.agent_app is not None:
+        await stack.agent.start()
+        stack.registry.add_local(
+            stack.agent.info(),
+            NodeClient.for_app(stack.agent_app, token=settings.node_token),
+            datetime.now(UTC),
+        )
     try:
         async with stack.api_app.router.lifespan_context(stack.api_app):
             yield stack
     finally:
-        await stack.agent.stop()
+        if stack.agent is not None:
+            await stack.agent.stop()
         await stack.proxy.aclose()
         await stack.registry.aclose()
         await stack.store.close()

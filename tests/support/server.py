@@ -96,7 +96,7 @@ class ShoalServer:
     def start(self, timeout: float = 30.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.data_dir / "serve.log"
-        log = open(self.log_path, "ab")  # noqa: SIM115 (kept open for the child's life)
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [*shoal_command(), "serve"],
             env=self.server_env(),
@@ -136,7 +136,10 @@ class ShoalServer:
 
     def api(self) -> httpx.Client:
         return httpx.Client(
-            base_url=self.api_url, headers={"X-API-KEY": self.api_key}, timeout=60.0, trust_env=False
+            base_url=self.api_url,
+            headers={"X-API-KEY": self.api_key},
+            timeout=60.0,
+            trust_env=False,
         )
 
     def kill_all_sandboxes(self) -> None:
@@ -160,3 +163,56 @@ def sdk_env(server: ShoalServer) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@dataclass
+class ShoalAgentProcess:
+    """A stand-alone ``shoal agent`` joining ``server`` (which should run with
+    ``SHOAL_LOCAL_AGENT=false`` to be a pure control plane)."""
+
+    server: ShoalServer
+    data_dir: Path
+    node_id: str
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SHOAL_", "E2B_"))}
+        env.update(
+            {
+                "SHOAL_DATA_DIR": str(self.data_dir),
+                "SHOAL_TEMPLATE_DIR": str(TEMPLATE_DIR),
+                "SHOAL_AGENT_PORT": str(self.port),
+                "SHOAL_NODE_ID": self.node_id,
+                "SHOAL_NODE_TOKEN": self.server.node_token,
+                "SHOAL_CONTROL_PLANE_URL": self.server.api_url,
+                "SHOAL_HEARTBEAT_INTERVAL": "0.5",
+                "SHOAL_LOG_LEVEL": "warning",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        log = open(self.data_dir / "agent.log", "ab")
+        self.proc = subprocess.Popen(
+            [*shoal_command(), "agent"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log(self) -> str:
+        path = self.data_dir / "agent.log"
+        return path.read_text(errors="replace")[-20000:] if path.exists() else ""

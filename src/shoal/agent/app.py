@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router
 from starlette.types import Receive, Scope, Send
 
-from shoal.errors import InvalidArgument, NotFound, ShoalError, Unauthenticated
+from shoal.errors import InvalidArgument, NotFound, RuntimeFailure, ShoalError, Unauthenticated
 from shoal.proxy.routing import route_of
 from shoal.wire.node import CreateSandboxRequest
 from shoal.wire.node.models import NODE_TOKEN_HEADER, PREFIX
@@ -78,14 +78,22 @@ class AgentApp:
             return
         if scope["type"] != "http":
             return
+        # Everything reaching a node agent's port comes from the control plane or the
+        # proxy, both of which carry the node token; sandbox traffic included.
+        try:
+            self._check_token(scope)
+        except ShoalError as exc:
+            await _error(exc)(scope, receive, send)
+            return
         if route_of(scope) is not None:
             await self.agent.dataplane(scope, receive, send)
             return
         try:
-            self._check_token(scope)
             await self.node_api(scope, receive, send)
         except ShoalError as exc:
             await _error(exc)(scope, receive, send)
+        except Exception as exc:  # the node protocol answers errors in its own shape
+            await _error(RuntimeFailure(f"internal error: {exc}"))(scope, receive, send)
 
     def _check_token(self, scope: Scope) -> None:
         expected = self.agent.settings.node_token

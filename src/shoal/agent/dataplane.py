@@ -23,6 +23,9 @@ from shoal.agent.tunnel import SandboxTransport
 from shoal.proxy.forward import UpstreamUnavailable, forward, make_client
 from shoal.proxy.responses import port_not_open, sandbox_not_found, send_json
 from shoal.proxy.routing import ENVD_PORT, route_of
+from shoal.wire.node.models import NODE_TOKEN_HEADER
+
+PRIVATE_HEADERS = frozenset({NODE_TOKEN_HEADER.lower().encode()})
 
 
 class SandboxDied(Exception):
@@ -84,7 +87,16 @@ class DataPlane:
         self, sbx: LocalSandbox, port: int, scope: Scope, receive: Receive, send: Send
     ) -> None:
         try:
-            await forward(scope, receive, send, self._client_for(sbx), f"http://127.0.0.1:{port}")
+            await forward(
+                scope,
+                receive,
+                send,
+                self._client_for(sbx),
+                f"http://127.0.0.1:{port}",
+                # The node token authenticates the proxy to this agent; it must never
+                # reach code inside a sandbox.
+                drop_headers=PRIVATE_HEADERS,
+            )
         except UpstreamUnavailable:
             await port_not_open(send, sbx.sandbox_id, port)
 

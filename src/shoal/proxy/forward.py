@@ -78,6 +78,7 @@ async def forward(
     base_url: str,
     *,
     extra_headers: list[tuple[bytes, bytes]] = (),  # type: ignore[assignment]
+    drop_headers: frozenset[bytes] = frozenset(),
 ) -> None:
     path = scope.get("raw_path") or scope["path"].encode()
     if isinstance(path, str):
@@ -85,7 +86,7 @@ async def forward(
     url = base_url.rstrip("/") + path.decode("latin-1")
     if scope.get("query_string"):
         url += "?" + scope["query_string"].decode("latin-1")
-    headers = request_headers(scope) + list(extra_headers)
+    headers = request_headers(scope, drop_headers) + list(extra_headers)
     has_body = any(n == b"content-length" and v != b"0" for n, v in scope["headers"]) or any(
         n == b"transfer-encoding" for n, _ in scope["headers"]
     )
