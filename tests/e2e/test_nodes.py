@@ -1,9 +1,9 @@
 """Two node agents behind one control plane and one proxy (item 6 of the core issue).
 
-The control plane runs without a local agent; two stand-alone ``shoal agent`` processes
-join it by heartbeat. Sandboxes created through the SDK land on both nodes, physically
-(their directories and containers are on the node that the API names) and every one of
-them answers through the single proxy address.
+The control plane runs without a local agent, on a real PostgreSQL server (the store of a
+cluster); two stand-alone ``shoal agent`` processes join it by heartbeat. Sandboxes created
+through the SDK land on both nodes, physically (their directories and containers are on
+the node that the API names), and every one of them answers through the single proxy.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from support.postgres import postgres_server
 from support.server import ShoalAgentProcess, ShoalServer, scratch_dir, sdk_env
 
 pytestmark = [pytest.mark.root, pytest.mark.sdk]
@@ -20,7 +21,14 @@ pytestmark = [pytest.mark.root, pytest.mark.sdk]
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[tuple[ShoalServer, list[ShoalAgentProcess]]]:
-    server = ShoalServer(scratch_dir("cp"), extra_env={"SHOAL_LOCAL_AGENT": "false"})
+    with postgres_server() as db_url:
+        yield from _cluster(db_url)
+
+
+def _cluster(db_url: str) -> Iterator[tuple[ShoalServer, list[ShoalAgentProcess]]]:
+    server = ShoalServer(
+        scratch_dir("cp"), extra_env={"SHOAL_LOCAL_AGENT": "false", "SHOAL_DATABASE_URL": db_url}
+    )
     server.start()
     agents = [
         ShoalAgentProcess(server, scratch_dir(f"node{i}"), node_id=f"node{i}test") for i in (1, 2)
