@@ -24,6 +24,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from shoal.agent.app import AgentApp
+from shoal.agent.dataplane import SandboxDied
 from shoal.agent.node import NodeAgent
 from shoal.api.app import build_api_app
 from shoal.api.registry import NodeRegistry, http_client_factory
@@ -104,6 +105,18 @@ async def running(stack: Stack) -> AsyncIterator[Stack]:
         await stack.proxy.aclose()
         await stack.registry.aclose()
         await stack.store.close()
+
+
+class _QuietAborts(logging.Filter):
+    """A data-plane response aborted because its sandbox died is the protocol working as
+    intended (the SDKs need the abort), not a crash: keep it out of the error log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, SandboxDied)
+
+
+logging.getLogger("uvicorn.error").addFilter(_QuietAborts())
 
 
 class _Server(uvicorn.Server):
