@@ -83,9 +83,10 @@ class Settings:
     """CPUs this node offers to sandboxes; 0 = all online CPUs."""
     node_memory_mb: int = 0
     """Memory this node offers to sandboxes; 0 = 90% of physical memory."""
-    cpu_overcommit: float = 32.0
-    """Scheduler: sandboxes are mostly idle, so place this many vCPUs per physical CPU."""
-    memory_overcommit: float = 16.0
+    cpu_overcommit: float = 500.0
+    """Scheduler: a sandbox's ``cpuCount`` is a ceiling (cgroup quota), not a reservation, and
+    sandboxes mostly idle; place up to this many vCPUs per physical CPU."""
+    memory_overcommit: float = 32.0
     """Scheduler: memory limits are ceilings, not reservations; place this multiple of a
     node's memory. Each sandbox's own cgroup limit still holds."""
     node_region: str = "local"
