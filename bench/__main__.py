@@ -1,0 +1,322 @@
+"""Run every measurement and print the table (``python -m bench``, as root)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from typing import TypeVar
+
+from bench import shoal
+from bench.baseline import CrunBaseline
+from bench.memory import MemoryCost
+from bench.server import live_server, node_id_of
+from bench.stats import Latency, mib, ms, per_gib, secs
+
+TEMPLATE = (
+    Path(os.environ.get("SHOAL_TEMPLATE_DIR", "/var/lib/shoal/templates")) / "base" / "current"
+)
+T = TypeVar("T")
+
+
+@dataclass
+class Results:
+    shoal_first: shoal.CreateToFirstRun | None = None
+    shoal_rt: Latency | None = None
+    shoal_burst: shoal.Burst | None = None
+    shoal_idle: shoal.IdleCost | None = None
+    crun_true: Latency | None = None
+    crun_bash: Latency | None = None
+    exec_true: Latency | None = None
+    exec_bash: Latency | None = None
+    crun_burst: float | None = None
+    crun_idle: MemoryCost | None = None
+    crun_detach: Latency | None = None
+    failed: list[str] = field(default_factory=list)
+
+
+def log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def phase(name: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    log(f"{name} …")
+    yield
+    log(f"{name}: done in {time.perf_counter() - t0:.1f} s")
+
+
+def measure(results: Results, name: str, fn: Callable[[], T]) -> T | None:
+    """Run one measurement; a failure is recorded (and fails the run) but the others go on."""
+    try:
+        with phase(name):
+            return fn()
+    except Exception as exc:  # a broken measurement must not stop clean-up or the table
+        log(f"{name}: FAILED: {exc!r}")
+        results.failed.append(f"{name}: {exc!r}")
+        return None
+
+
+def run_baseline(args: argparse.Namespace, results: Results) -> None:
+    meta = json.loads((TEMPLATE / "template.json").read_text())
+    crun = CrunBaseline((TEMPLATE / "rootfs").resolve(), int(meta.get("uid_base", 0)))
+    try:
+        results.crun_true = measure(
+            results, "crun run /bin/true", lambda: crun.run_latency(["/bin/true"], args.runs)
+        )
+        results.crun_bash = measure(
+            results,
+            "crun run bash -l -c true",
+            lambda: crun.run_latency(["/bin/bash", "-l", "-c", "true"], args.runs),
+        )
+        results.exec_true = measure(
+            results, "crun exec /bin/true", lambda: crun.exec_latency(["/bin/true"], args.rt_runs)
+        )
+        results.exec_bash = measure(
+            results,
+            "crun exec bash -l -c true",
+            lambda: crun.exec_latency(["/bin/bash", "-l", "-c", "true"], args.rt_runs // 2),
+        )
+        results.crun_burst = measure(
+            results, f"{args.burst} concurrent crun run", lambda: crun.concurrent_run(args.burst)
+        )
+        idle = measure(
+            results, f"{args.idle} idle crun containers", lambda: crun.idle_memory(args.idle)
+        )
+        if idle:
+            results.crun_idle, results.crun_detach = idle
+    finally:
+        crun.close()
+
+
+def run_shoal(args: argparse.Namespace, results: Results) -> None:
+    with phase("shoal, through the e2b SDK against a live `shoal serve`"), live_server() as server:
+        assert server.proc is not None
+        results.shoal_first = measure(
+            results, "shoal create → first run", lambda: shoal.create_to_first_run(args.runs)
+        )
+        results.shoal_rt = measure(
+            results, "shoal commands.run round trip", lambda: shoal.run_round_trip(args.rt_runs)
+        )
+        results.shoal_burst = measure(
+            results,
+            f"shoal {args.burst} concurrent create+run+kill",
+            lambda: shoal.concurrent_create_run_kill(args.burst),
+        )
+        pid, node = server.proc.pid, node_id_of(server)
+        results.shoal_idle = measure(
+            results,
+            f"shoal {args.idle} idle sandboxes",
+            lambda: shoal.idle_memory(args.idle, pid, node),
+        )
+
+
+# -- the table -------------------------------------------------------------------------------
+
+
+def mark(ok: bool) -> str:
+    return " ✓" if ok else " ✗"
+
+
+def density(cost: MemoryCost, attr: str, *, goal: bool) -> str:
+    each = float(getattr(cost, attr))
+    if attr == "host_each" and abs(cost.host_drift) > abs(each * cost.count) / 2:
+        # The rest of the machine moved more than what we measure: no figure to trust.
+        return f"noisy ({mib(each)} each; machine moved {cost.host_drift / 2**20:+.0f} MiB)"
+    cell = f"{per_gib(each)} ({mib(each)} each)"
+    if goal:
+        cell += mark(each > 0 and 2**30 / each >= 500)
+    return cell
+
+
+def table(args: argparse.Namespace, r: Results) -> tuple[list[list[str]], list[str]]:
+    rows: list[list[str]] = []
+    notes: list[str] = []
+    na = "—"
+
+    first, ct, cb = r.shoal_first, r.crun_true, r.crun_bash
+    for q in ("p50", "p90"):
+        shoal_cell = na
+        if first:
+            v = getattr(first.total, q)
+            shoal_cell = ms(v) + mark(v <= 0.030)
+        base = " · ".join(
+            f"{ms(getattr(lat, q))} {what}"
+            for lat, what in ((ct, "`crun run /bin/true`"), (cb, "`crun run bash -l -c true`"))
+            if lat
+        )
+        rows.append(
+            [f'create → first `commands.run("true")`, {q}', shoal_cell, base or na, "≤ 30 ms"]
+        )
+    if first:
+        notes.append(
+            f"create → first run (n={first.total.n}): `Sandbox.create` p50 {ms(first.create.p50)} "
+            f"+ first `commands.run` p50 {ms(first.first_run.p50)}; kill not timed"
+            + (f"; bare `crun run --detach` p50 {ms(r.crun_detach.p50)}" if r.crun_detach else "")
+        )
+
+    rt = r.shoal_rt
+    base = " · ".join(
+        f"{ms(lat.p50)} {what}"
+        for lat, what in (
+            (r.exec_true, "`crun exec /bin/true`"),
+            (r.exec_bash, "`crun exec bash -l -c true`"),
+        )
+        if lat
+    )
+    rows.append(
+        [
+            '`commands.run("true")` round trip, p50',
+            ms(rt.p50) + mark(rt.p50 <= 0.005) if rt else na,
+            base or na,
+            "≤ 5 ms",
+        ]
+    )
+    if rt:
+        notes.append(
+            f"round trip (n={rt.n}, one sandbox): p90 {ms(rt.p90)}; Shoal runs `bash -l -c true` "
+            "as `user`, like E2B's envd"
+        )
+
+    b = r.shoal_burst
+    shoal_cell = na
+    if b:
+        shoal_cell = secs(b.wall) + mark(b.wall <= 1.0 and not b.failures)
+        if b.failures:
+            shoal_cell += f" ({b.failures} failed)"
+            notes.append(f"burst: {b.failures} of {args.burst} failed, first: {b.first_error}")
+    rows.append(
+        [
+            f"{args.burst} concurrent create+run+kill (async SDK), wall",
+            shoal_cell,
+            f"{secs(r.crun_burst)} {args.burst} x `crun run /bin/true`" if r.crun_burst else na,
+            "≤ 1 s",
+        ]
+    )
+
+    idle, cidle = r.shoal_idle, r.crun_idle
+    for label, attr in (
+        ("cgroup memory.usage_in_bytes", "cgroup_usage_each"),
+        ("host MemAvailable Δ", "host_each"),
+    ):
+        shoal_cell = na
+        if idle:
+            shoal_cell = density(idle.memory, attr, goal=True)
+        base = na
+        if cidle:
+            base = density(cidle, attr, goal=False) + " `sleep`"
+        rows.append([f"idle `base` sandboxes per GiB, {label}", shoal_cell, base, "≥ 500 /GiB"])
+    if idle:
+        rows.append(
+            [
+                "server RSS growth per idle sandbox",
+                f"{idle.server_rss_each / 1024:.0f} KiB",
+                na,
+                na,
+            ]
+        )
+        m = idle.memory
+        notes.append(
+            f"idle (n={m.count}, created 8 at a time in {secs(idle.create_wall)}): per sandbox "
+            f"rss+cache {mib(m.cgroup_rss_cache_each)}, kmem {mib(m.cgroup_kmem_each)} "
+            "(usage_in_bytes includes kmem); host Δ = mean(before, after removal) - during, "
+            f"MemAvailable moved {m.host_drift / 2**20:+.0f} MiB before→after"
+        )
+    if cidle:
+        notes.append(
+            f"bare crun idle (n={cidle.count}): rss+cache {mib(cidle.cgroup_rss_cache_each)}, "
+            f"kmem {mib(cidle.cgroup_kmem_each)} each; "
+            f"MemAvailable moved {cidle.host_drift / 2**20:+.0f} MiB before→after"
+        )
+    notes.append(
+        "baseline: `crun spec` + Shoal's user-namespace mapping, cgroup ns and limits, "
+        "a fresh overlay on the same rootfs per container; no seccomp, no init"
+    )
+    return rows, notes
+
+
+def render(rows: list[list[str]]) -> str:
+    header = ["measurement", "shoal", "baseline", "goal"]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    out = [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line(row) for row in rows]
+    return "\n".join(out)
+
+
+def machine_line() -> str:
+    crun = subprocess.run(["crun", "--version"], capture_output=True, text=True).stdout.split("\n")[
+        0
+    ]
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"{platform.node()}: {os.cpu_count()} CPUs, kernel {platform.release()}, {crun}, "
+        f"e2b {version('e2b')}, load average {load}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--runs", type=int, default=30, help="create→first-run samples (30)")
+    parser.add_argument("--rt-runs", type=int, default=200, help="round-trip samples (200)")
+    parser.add_argument("--burst", type=int, default=100, help="concurrent creates (100)")
+    parser.add_argument("--idle", type=int, default=200, help="idle sandboxes (200)")
+    parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--skip-shoal", action="store_true")
+    args = parser.parse_args(argv)
+
+    if os.geteuid() != 0:
+        log("needs root (crun, cgroups, mounts); run `make bench` as root")
+        return 2
+    if not (TEMPLATE / "rootfs").is_dir():
+        log(f"template `base` not found at {TEMPLATE}; run `make setup` first")
+        return 2
+
+    started = time.perf_counter()
+    machine = machine_line()
+    results = Results()
+    try:
+        if not args.skip_baseline:
+            run_baseline(args, results)
+        if not args.skip_shoal:
+            run_shoal(args, results)
+    except Exception as exc:
+        results.failed.append(repr(exc))
+        log(f"FAILED: {exc!r}")
+
+    rows, notes = table(args, results)
+    print()
+    print(machine)
+    print()
+    print(render(rows))
+    print()
+    for note in notes:
+        print(f"- {note}")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(
+        f"- total bench time {time.perf_counter() - started:.0f} s; load average at the end "
+        f"{load}; ✓/✗: goal met or missed"
+    )
+    if results.failed:
+        print()
+        for failure in results.failed:
+            print(f"FAILED: {failure}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
