@@ -21,6 +21,7 @@ from support.server import ShoalServer, scratch_dir, sdk_env  # noqa: E402
 from bench.baseline import remove_cgroup_parent  # noqa: E402
 from shoal.runtime import overlay  # noqa: E402
 
+
 @contextlib.contextmanager
 def live_server() -> Iterator[ShoalServer]:
     """Start ``shoal serve``, point the SDK at it, and on the way out kill every sandbox,
