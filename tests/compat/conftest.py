@@ -65,3 +65,37 @@ def sandbox(sandbox_factory):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def data_dir(shoal_server: ShoalServer) -> Path:
     return shoal_server.data_dir
+
+
+@pytest.fixture(scope="module")
+def shared_sandbox(shoal_server: ShoalServer, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """One sandbox for a whole module, for tests that only run commands in it."""
+    from e2b import Sandbox
+
+    sbx = Sandbox.create(timeout=600, metadata={"test": request.module.__name__[-60:]})
+    yield sbx
+    try:
+        sbx.kill()
+    except Exception:
+        pass
+
+
+@pytest.fixture
+async def async_sandbox_factory(shoal_server: ShoalServer, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """Create sandboxes with the async SDK; kill them all when the test ends."""
+    from e2b import AsyncSandbox
+
+    created: list[AsyncSandbox] = []
+
+    async def make(**kwargs):  # type: ignore[no-untyped-def]
+        kwargs.setdefault("metadata", {"test": request.node.name[:60]})
+        sbx = await AsyncSandbox.create(**kwargs)
+        created.append(sbx)
+        return sbx
+
+    yield make
+    for sbx in created:
+        try:
+            await sbx.kill()
+        except Exception:
+            pass

@@ -144,9 +144,13 @@ class ShoalServer:
 
     def kill_all_sandboxes(self) -> None:
         with self.api() as api:
-            r = api.get("/v2/sandboxes", params={"limit": 100})
-            for s in r.json() if r.status_code == 200 else []:
-                api.delete(f"/sandboxes/{s['sandboxID']}")
+            while True:
+                r = api.get("/v2/sandboxes", params={"limit": 100})
+                found = r.json() if r.status_code == 200 else []
+                if not found:
+                    return
+                for s in found:
+                    api.delete(f"/sandboxes/{s['sandboxID']}")
 
 
 @contextlib.contextmanager

@@ -33,6 +33,10 @@ from shoal.wire.envd.process_connect import ProcessASGIApplication
 
 SANDBOX_ID_HEADER = "e2b-sandbox-id"
 OPEN_PATHS = frozenset({"/health"})
+READ_MAX_BYTES = 64 * 1024 * 1024
+"""Largest request message (e.g. one ``send_stdin`` chunk, base64 in JSON). Upstream envd
+sets no limit; connectrpc's default of 4 MiB made a 5 MB ``send_stdin`` fail with a
+misleading "rate limit exceeded" in the SDK."""
 """Paths that need no access token. (``/files`` will check token *or* signature itself.)"""
 
 
@@ -85,7 +89,7 @@ class EnvdApp:
         ]
         self._rpc: dict[str, Any] = {
             "/process.Process/": ProcessASGIApplication(
-                self.processes, codecs=codecs, compressions=[]
+                self.processes, codecs=codecs, compressions=[], read_max_bytes=READ_MAX_BYTES
             ),
         }
         self._router = Router(

@@ -104,7 +104,9 @@ async def start(
     except SpawnError as exc:
         raise _spawn_failure(exc, cwd, sandbox, config.cmd) from exc
 
-    proc = RunningProcess(handle, config, request.tag, sandbox.spawner)
+    # Proto3 ``optional``: an absent tag reads as "" but must stay absent in List.
+    tag = request.tag if request.has_field("tag") else None
+    proc = RunningProcess(handle, config, tag, sandbox.spawner)
     sub = proc.subscribe()
     svc.table(sandbox).add(proc)
     deadline = None
