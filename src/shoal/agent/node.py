@@ -133,6 +133,10 @@ class NodeAgent:
         if kill_sandboxes:
             await self.manager.kill_all()
         await self.manager.detach()
+        try:
+            await self.runtime.release_node()
+        except Exception:  # shut-down goes on; leftovers are empty directories only
+            log.exception("could not release node %s", self.node_id)
         self._started = False
 
 

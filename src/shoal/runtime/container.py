@@ -95,15 +95,20 @@ class ContainerRuntime:
         self.root = data_dir / "sandboxes"
         self.root.mkdir(parents=True, exist_ok=True)
         _check_searchable(self.root)
-        state_root = Path("/run/shoal") / node_id / "crun"
-        state_root.mkdir(parents=True, exist_ok=True)
-        self.crun = Crun(str(state_root))
+        self.state_root = Path("/run/shoal") / node_id / "crun"
+        self.state_root.mkdir(parents=True, exist_ok=True)
+        self.crun = Crun(str(self.state_root))
         self.node_id = node_id
         self.init_binary = init_binary
         self.uid_base = uid_base
 
+    @property
+    def cgroup_parent(self) -> str:
+        """The cgroup (in every hierarchy) that holds this node's sandboxes."""
+        return f"/shoal/{self.node_id}"
+
     def cgroup_path(self, sandbox_id: str) -> str:
-        return f"/shoal/{self.node_id}/{sandbox_id}"
+        return f"{self.cgroup_parent}/{sandbox_id}"
 
     def dir_of(self, sandbox_id: str) -> Path:
         return self.root / sandbox_id
@@ -199,6 +204,30 @@ class ContainerRuntime:
 
     def list_dirs(self) -> list[str]:
         return [p.name for p in self.root.iterdir() if p.is_dir()]
+
+    async def release_node(self) -> bool:
+        """At shut-down with no sandbox left: remove this node's (empty) cgroup parents and
+        crun state directory, so a node that goes away leaves nothing on the machine.
+
+        Does nothing, and returns False, while any sandbox directory or container exists:
+        those are adopted by the next start and need both.
+        """
+        if self.list_dirs() or await self.crun.list():
+            return False
+        await asyncio.to_thread(self._remove_node_dirs)
+        return True
+
+    def _remove_node_dirs(self) -> None:
+        cgroup_root = Path("/sys/fs/cgroup")
+        node_cgroup = self.cgroup_parent.lstrip("/")
+        candidates = [cgroup_root / node_cgroup]
+        if cgroup_root.is_dir():
+            candidates += [c / node_cgroup for c in cgroup_root.iterdir() if c.is_dir()]
+        # rmdir only ever removes an empty cgroup (EBUSY otherwise); the shared "shoal"
+        # parent stays, another node on this machine may be creating its own below it.
+        for d in [*candidates, self.state_root, self.state_root.parent]:
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
 
     async def destroy(self, sandbox_id: str) -> None:
         """Kill and remove everything of the sandbox. Idempotent."""
