@@ -230,8 +230,10 @@ class ContainerRuntime:
                 os.rmdir(d)
 
     async def destroy(self, sandbox_id: str) -> None:
-        """Kill and remove everything of the sandbox. Idempotent."""
-        await self.crun.kill(sandbox_id, "KILL")
+        """Kill and remove everything of the sandbox. Idempotent.
+
+        ``crun delete --force`` SIGKILLs every process of the container and removes its
+        cgroups; the sandbox's pid 1 dying takes its whole pid namespace with it."""
         await self.crun.delete(sandbox_id)
         d = self.dir_of(sandbox_id)
         await asyncio.to_thread(self._remove_dir, d)

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from typing import Any
 
 from shoal.errors import RuntimeFailure
+
+_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 
 
 @dataclass(frozen=True)
@@ -47,36 +50,63 @@ class Crun:
             raise RuntimeFailure(f"crun {args[0]} failed: {err.decode(errors='replace').strip()}")
         return rc, out, err
 
+    async def _spawn(self, args: list[str], log_file: str | None = None) -> int:
+        """Run ``crun --root … <args>`` and return its exit status.
+
+        ``posix_spawn`` (a vfork under the hood) plus a pidfd watched by the event loop:
+        no fork of this large process, no child-watcher thread. Measured here, that halves
+        the cost of a short child compared with ``asyncio.create_subprocess_exec``, and the
+        create path runs crun once per sandbox. stdin/stdout are /dev/null; stderr goes to
+        ``log_file`` (or /dev/null).
+        """
+        argv = [self.binary, "--root", self.state_root, *args]
+        actions: list[tuple[Any, ...]] = [
+            (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
+            (
+                os.POSIX_SPAWN_OPEN,
+                2,
+                log_file or "/dev/null",
+                os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                0o600,
+            ),
+        ]
+        # posix_spawn returns as soon as the child has exec'd (vfork semantics).
+        pid = os.posix_spawn(self.binary, argv, _ENV, file_actions=actions)  # noqa: ASYNC221
+        pidfd = os.pidfd_open(pid)
+        loop = asyncio.get_running_loop()
+        exited = loop.create_future()
+        loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+        try:
+            await exited
+        except BaseException:
+            # Cancelled: crun still finishes its work; reap it off the loop.
+            loop.run_in_executor(None, os.waitpid, pid, 0)
+            raise
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+        # The pidfd is readable: the child has exited, so this does not block.
+        _, status = os.waitpid(pid, 0)  # noqa: ASYNC222
+        return os.waitstatus_to_exitcode(status)
+
     async def run_detached(
         self, container_id: str, bundle: str, pid_file: str, log_file: str
     ) -> int:
         """Start the container in the background and return its init's host pid.
 
-        The container inherits crun's stdio, so it must not be a pipe we wait on: stdout
-        goes to /dev/null and stderr to ``log_file`` (crun's own errors land there too).
+        The container inherits crun's stdio, so it must not be a pipe anyone waits on:
+        stdout is /dev/null and stderr ``log_file`` (crun's own errors land there too).
         """
-        with open(log_file, "ab") as log:  # noqa: ASYNC230 (local file, create path)
-            proc = await asyncio.create_subprocess_exec(
-                self.binary,
-                "--root",
-                self.state_root,
-                "run",
-                "--detach",
-                "--pid-file",
-                pid_file,
-                "--bundle",
-                bundle,
-                container_id,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=log,
-            )
-            rc = await proc.wait()
+        rc = await self._spawn(
+            ["run", "--detach", "--pid-file", pid_file, "--bundle", bundle, container_id],
+            log_file,
+        )
         if rc != 0:
-            with open(log_file, "rb") as f:  # noqa: ASYNC230
+            with open(log_file, "rb") as f:  # noqa: ASYNC230 (failure path, small file)
                 tail = f.read()[-2000:].decode(errors="replace").strip()
             raise RuntimeFailure(f"crun run failed: {tail}")
-        with open(pid_file) as f:  # noqa: ASYNC230
+        with open(pid_file) as f:  # noqa: ASYNC230 (a few bytes)
             return int(f.read().strip())
 
     async def state(self, container_id: str) -> ContainerState | None:
@@ -86,10 +116,11 @@ class Crun:
         return _parse_state(json.loads(out))
 
     async def kill(self, container_id: str, signal: str = "KILL") -> None:
-        await self._run("kill", "--all", container_id, signal, check=False)
+        await self._spawn(["kill", "--all", container_id, signal])
 
     async def delete(self, container_id: str) -> None:
-        await self._run("delete", "--force", container_id, check=False)
+        """Kill whatever still runs in the container and remove it (and its cgroups)."""
+        await self._spawn(["delete", "--force", container_id])
 
     async def list(self) -> list[ContainerState]:
         rc, out, _ = await self._run("list", "--format", "json", check=False)
