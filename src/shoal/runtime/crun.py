@@ -75,8 +75,13 @@ class Crun:
         pid = os.posix_spawn(self.binary, argv, _ENV, file_actions=actions)  # noqa: ASYNC221
         pidfd = os.pidfd_open(pid)
         loop = asyncio.get_running_loop()
-        exited = loop.create_future()
-        loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+        exited: asyncio.Future[None] = loop.create_future()
+
+        def on_exit() -> None:
+            if not exited.done():
+                exited.set_result(None)
+
+        loop.add_reader(pidfd, on_exit)
         try:
             await exited
         except BaseException:
