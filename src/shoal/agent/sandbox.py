@@ -11,6 +11,7 @@ from shoal.agent.users import lookup_user
 from shoal.envd.sandbox import User
 from shoal.runtime.container import Container
 from shoal.runtime.process import ProcessSpawner
+from shoal.runtime.rootfs import RootFS
 
 
 @dataclass(eq=False)
@@ -33,6 +34,14 @@ class LocalSandbox:
     @property
     def rootfs(self) -> Path:
         return self.container.rootfs
+
+    @property
+    def uid_base(self) -> int:
+        return self.container.uid_base
+
+    @property
+    def fs(self) -> RootFS:
+        return self.container.fs
 
     @property
     def netns_path(self) -> str:

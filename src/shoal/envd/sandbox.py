@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Protocol
 
 from shoal.runtime.process import ProcessSpawner
+from shoal.runtime.rootfs import RootFS
 
 ENVD_VERSION = "0.6.13"
 """The envd version Shoal reports: it unlocks every client-side feature gate (§7.2)."""
@@ -47,6 +48,17 @@ class EnvdSandbox(Protocol):
 
     @property
     def spawner(self) -> ProcessSpawner: ...
+
+    @property
+    def uid_base(self) -> int:
+        """Host uid (and gid) of the sandbox's root: sandbox id ``n`` is ``uid_base + n`` on
+        the host, which is what files written from the host must be owned by."""
+        ...
+
+    @property
+    def fs(self) -> RootFS:
+        """The sandbox's root filesystem; every host-side file operation goes through it."""
+        ...
 
     @property
     def rootfs(self) -> Path:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import resource
@@ -29,6 +30,7 @@ from pathlib import Path
 from shoal.errors import RuntimeFailure
 from shoal.runtime import oci, overlay
 from shoal.runtime.crun import ContainerState, Crun
+from shoal.runtime.rootfs import RootFS
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class Container:
     init_pid: int
     rootfs: Path
     socket_name: str
+    uid_base: int
     netns_fd: int
     """An open fd of the sandbox's network namespace; stays valid however pids are reused."""
 
@@ -52,7 +55,14 @@ class Container:
     def netns_path(self) -> str:
         return f"/proc/{os.getpid()}/fd/{self.netns_fd}"
 
+    @functools.cached_property
+    def fs(self) -> RootFS:
+        """The sandbox's root filesystem, every path resolved inside it (opened on first use)."""
+        return RootFS(str(self.rootfs), uid_base=self.uid_base)
+
     def close(self) -> None:
+        if "fs" in self.__dict__:
+            self.fs.close()
         if self.netns_fd >= 0:
             try:
                 os.close(self.netns_fd)
@@ -189,6 +199,7 @@ class ContainerRuntime:
             init_pid=pid,
             rootfs=self.dir_of(sandbox_id) / "rootfs",
             socket_name=socket_name_for(sandbox_id),
+            uid_base=self.uid_base,
             netns_fd=netns_fd,
         )
 

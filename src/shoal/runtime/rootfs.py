@@ -63,3 +63,76 @@ def read_file_in_root(root: str, path: str, limit: int = 1 << 20) -> bytes:
         return os.read(fd, limit)
     finally:
         os.close(fd)
+
+
+class RootFS:
+    """A sandbox's root filesystem as seen from the host, every path resolved inside it.
+
+    Paths are the sandbox's own (absolute, clean; see :func:`shoal.envd.paths.resolve`).
+    Whatever sandbox code planted (symlinks to ``/``, ``..``, ``/proc/<pid>/root``), an
+    operation here touches only files below ``root``. Owners are host ids: the sandbox's
+    ``uid`` is ``uid_base + uid`` here.
+
+    >>> fs = RootFS("/var/lib/shoal/sandboxes/abc/rootfs", uid_base=100000)
+    >>> fd = fs.open("/home/user/a.txt", os.O_RDONLY)
+    """
+
+    def __init__(self, root: str, *, uid_base: int) -> None:
+        self.root = root
+        self.uid_base = uid_base
+        self._fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> RootFS:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open(self, path: str, flags: int = os.O_RDONLY, mode: int = 0) -> int:
+        """``openat2`` below the root; the caller owns the returned fd."""
+        return open_in_root(self._fd, path, flags, mode)
+
+    def open_parent(self, path: str) -> tuple[int, str]:
+        """An fd of ``path``'s parent directory (resolved in the root) and the last
+        component, for ``*at`` calls that must not follow that component."""
+        parent, name = path.rsplit("/", 1) if "/" in path else ("", path)
+        if not name or name in (".", ".."):
+            raise OSError(22, "path has no last component", path)
+        return self.open(parent or "/", os.O_PATH | os.O_DIRECTORY), name
+
+    def makedirs(self, path: str, uid: int, gid: int, mode: int = 0o755) -> bool:
+        """``mkdir -p`` owned by the sandbox user ``uid:gid``; True if ``path`` was created.
+
+        Raises ``NotADirectoryError`` when a component exists and is not a directory."""
+        parts = [p for p in path.split("/") if p]
+        created = False
+        current = ""
+        for part in parts:
+            parent = current or "/"
+            current = f"{current}/{part}"
+            try:
+                fd = self.open(current, os.O_PATH | os.O_DIRECTORY)
+            except FileNotFoundError:
+                pfd = self.open(parent, os.O_PATH | os.O_DIRECTORY)
+                try:
+                    os.mkdir(part, mode, dir_fd=pfd)
+                    os.chown(
+                        part,
+                        self.uid_base + uid,
+                        self.uid_base + gid,
+                        dir_fd=pfd,
+                        follow_symlinks=False,
+                    )
+                    created = True
+                except FileExistsError:
+                    pass  # a concurrent creator won; the next open checks what it made
+                finally:
+                    os.close(pfd)
+                fd = self.open(current, os.O_PATH | os.O_DIRECTORY)
+            os.close(fd)
+        return created
