@@ -1,10 +1,23 @@
-"""SQL store on SQLAlchemy 2 async Core: SQLite (aiosqlite) or PostgreSQL (asyncpg).
+"""SQL store on SQLAlchemy 2 Core: SQLite (pysqlite on worker threads) or PostgreSQL (asyncpg).
 
 Only portable Core constructs are used. Timestamps are integer microseconds since the
 epoch (UTC), so ordering, cursors and ``end_at <= now`` are exact on every backend
 (SQLite has no real timestamp type). Metadata is kept twice: as JSON on the sandbox
 row for reading, and as ``(sandbox_id, key, value)`` rows so the list filter is an
 indexed ``EXISTS`` per pair instead of backend-specific JSON operators.
+
+Every method's body is one synchronous function of an ``sa.Connection``, run in a single
+transaction. On PostgreSQL it runs through ``AsyncConnection.run_sync`` on the asyncpg
+engine. On SQLite it runs on a worker thread with a plain pysqlite engine, so a whole
+transaction (BEGIN, statements, COMMIT) costs one hop from the event loop instead of a
+hop per statement: the async aiosqlite engine made each write hold an in-process lock
+across many loop round trips, and under load writes queued for hundreds of ms behind it.
+All writes run on one thread, which is what serialises them (SQLite allows one writer,
+and a deferred transaction that reads and then writes can fail with SQLITE_BUSY without
+waiting); reads run on a small pool of their own. Cancelling a caller whose write is
+still queued drops the write; once it runs, it commits or rolls back whole regardless.
+Hot statements are built once at import with bind parameters, so each call hits
+SQLAlchemy's compiled cache instead of constructing a new statement.
 """
 
 from __future__ import annotations
@@ -12,14 +25,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from shoal.store.base import (
@@ -32,6 +46,11 @@ from shoal.store.base import (
     SandboxState,
     Team,
 )
+
+T = TypeVar("T")
+
+_READ_THREADS = 2
+"""SQLite reader threads. Each holds its own connection; more buy little under the GIL."""
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +156,38 @@ def _record(row: Any) -> SandboxRecord:
     )
 
 
+# Prebuilt statements. Bind parameter names must differ from column names: in an
+# INSERT/UPDATE a parameter named after a column becomes that column's SET value.
+_s = sandboxes.c
+_GET_SANDBOX = sandboxes.select().where(_s.sandbox_id == sa.bindparam("sid"))
+_UPDATE_SANDBOX = sandboxes.update().where(_s.sandbox_id == sa.bindparam("sid"))
+_UPDATE_SANDBOX_IF = _UPDATE_SANDBOX.where(_s.state.in_(sa.bindparam("expect", expanding=True)))
+_DELETE_SANDBOX = sandboxes.delete().where(_s.sandbox_id == sa.bindparam("sid"))
+_DELETE_METADATA = sandbox_metadata.delete().where(
+    sandbox_metadata.c.sandbox_id == sa.bindparam("sid")
+)
+_SANDBOXES_ON_NODE = sandboxes.select().where(
+    _s.node_id == sa.bindparam("nid"), _s.state.in_(sa.bindparam("states", expanding=True))
+)
+_NODE_USAGE = (
+    sa.select(
+        _s.node_id,
+        sa.func.count(),
+        sa.func.coalesce(sa.func.sum(_s.cpu_count), 0),
+        sa.func.coalesce(sa.func.sum(_s.memory_mb), 0),
+    )
+    .where(_s.state.in_(sorted(s.value for s in LIVE_STATES)))
+    .group_by(_s.node_id)
+)
+_TEAM_FOR_KEY = sa.select(api_keys.c.team_id).where(api_keys.c.key_hash == sa.bindparam("kh"))
+_UPDATE_NODE = nodes.update().where(nodes.c.node_id == sa.bindparam("nid"))
+
+
 class SqlStore:
     """:class:`shoal.store.base.Store` over an SQLAlchemy URL.
+
+    ``sqlite+aiosqlite://`` and ``sqlite://`` URLs both select the threaded pysqlite
+    backend; any other URL is opened with SQLAlchemy's async engine.
 
     >>> store = SqlStore("sqlite+aiosqlite:////var/lib/shoal/shoal.db")
     >>> await store.start()
@@ -147,74 +196,115 @@ class SqlStore:
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = sa.make_url(url)
         self._sqlite = self.url.get_backend_name() == "sqlite"
-        kwargs: dict[str, Any] = {"echo": echo}
-        if self._sqlite and self.url.database in (None, "", ":memory:"):
-            kwargs["poolclass"] = StaticPool
-            kwargs["connect_args"] = {"check_same_thread": False}
-        self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
+        self._async_engine: AsyncEngine | None = None
+        self._sync_engine: sa.Engine | None = None
+        # SQLite only: the one thread that runs every write transaction (so writers are
+        # serialised without a lock), and the threads that run reads.
+        self._writer: ThreadPoolExecutor | None = None
+        self._readers: ThreadPoolExecutor | None = None
         if self._sqlite:
-            sa.event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-        # SQLite allows one writer; a deferred transaction that reads and then writes can
-        # fail with SQLITE_BUSY without waiting, so writes are serialized in-process.
-        self._write_lock = asyncio.Lock() if self._sqlite else None
+            kwargs: dict[str, Any] = {"echo": echo}
+            memory = self.url.database in (None, "", ":memory:")
+            if memory:
+                kwargs["poolclass"] = StaticPool
+                kwargs["connect_args"] = {"check_same_thread": False}
+            self._sync_engine = sa.create_engine(self.url.set(drivername="sqlite"), **kwargs)
+            sa.event.listen(self._sync_engine, "connect", _sqlite_pragmas)
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="shoal-sqlite-w")
+            # WAL lets readers on their own connections run beside the writer, so a read
+            # never queues behind a burst of writes. An in-memory database is a single
+            # shared connection, which only the writer thread may touch.
+            self._readers = (
+                self._writer
+                if memory
+                else ThreadPoolExecutor(_READ_THREADS, thread_name_prefix="shoal-sqlite-r")
+            )
+        else:
+            self._async_engine = create_async_engine(self.url, echo=echo)
 
     async def start(self) -> None:
         if self._sqlite and self.url.database not in (None, "", ":memory:"):
             Path(self.url.database or "").parent.mkdir(parents=True, exist_ok=True)
-        async with self.engine.begin() as conn:
-            await conn.run_sync(metadata_obj.create_all)
+        await self._write(metadata_obj.create_all)
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        if self._async_engine is not None:
+            await self._async_engine.dispose()
+        if self._sync_engine is not None and self._writer is not None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._writer, self._sync_engine.dispose)
+            await asyncio.to_thread(self._writer.shutdown)
+            if self._readers is not None:
+                await asyncio.to_thread(self._readers.shutdown)
 
-    @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        if self._write_lock is None:
-            async with self.engine.begin() as conn:
-                yield conn
-            return
-        async with self._write_lock, self.engine.begin() as conn:
-            yield conn
+    async def _write(self, fn: Callable[[sa.Connection], T]) -> T:
+        """Run ``fn`` in one committed transaction (rolled back if it raises)."""
+        if self._async_engine is not None:
+            async with self._async_engine.begin() as conn:
+                return await conn.run_sync(fn)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer, self._write_sync, fn)
+
+    async def _read(self, fn: Callable[[sa.Connection], T]) -> T:
+        if self._async_engine is not None:
+            async with self._async_engine.connect() as conn:
+                return await conn.run_sync(fn)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._read_sync, fn)
+
+    def _write_sync(self, fn: Callable[[sa.Connection], T]) -> T:
+        assert self._sync_engine is not None
+        with self._sync_engine.begin() as conn:
+            return fn(conn)
+
+    def _read_sync(self, fn: Callable[[sa.Connection], T]) -> T:
+        assert self._sync_engine is not None
+        with self._sync_engine.connect() as conn:
+            return fn(conn)
 
     # teams and keys
 
     async def create_team(self, team: Team) -> None:
-        async with self._write() as conn:
-            await conn.execute(
-                teams.insert().values(
-                    team_id=team.team_id, name=team.name, created_us=to_us(team.created_at)
-                )
-            )
+        row = {"team_id": team.team_id, "name": team.name, "created_us": to_us(team.created_at)}
+
+        def tx(conn: sa.Connection) -> None:
+            conn.execute(teams.insert(), row)
+
+        await self._write(tx)
 
     async def list_teams(self) -> list[Team]:
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(teams.select().order_by(teams.c.created_us))).mappings()
+        def tx(conn: sa.Connection) -> list[Team]:
+            rows = conn.execute(teams.select().order_by(teams.c.created_us)).mappings()
             return [
                 Team(team_id=r["team_id"], name=r["name"], created_at=from_us(r["created_us"]))
                 for r in rows
             ]
 
+        return await self._read(tx)
+
     async def add_api_key(self, key: ApiKey) -> None:
+        row = {
+            "key_hash": key.key_hash,
+            "team_id": key.team_id,
+            "prefix": key.prefix,
+            "created_us": to_us(key.created_at),
+        }
+
+        def tx(conn: sa.Connection) -> None:
+            exists = conn.scalar(
+                sa.select(api_keys.c.key_hash).where(api_keys.c.key_hash == key.key_hash)
+            )
+            if exists is None:
+                conn.execute(api_keys.insert(), row)
+
         with contextlib.suppress(IntegrityError):
-            async with self._write() as conn:
-                exists = await conn.scalar(
-                    sa.select(api_keys.c.key_hash).where(api_keys.c.key_hash == key.key_hash)
-                )
-                if exists is None:
-                    await conn.execute(
-                        api_keys.insert().values(
-                            key_hash=key.key_hash,
-                            team_id=key.team_id,
-                            prefix=key.prefix,
-                            created_us=to_us(key.created_at),
-                        )
-                    )
+            await self._write(tx)
 
     async def team_for_key(self, key_hash: str) -> str | None:
-        async with self.engine.connect() as conn:
-            return await conn.scalar(
-                sa.select(api_keys.c.team_id).where(api_keys.c.key_hash == key_hash)
-            )
+        def tx(conn: sa.Connection) -> str | None:
+            return conn.scalar(_TEAM_FOR_KEY, {"kh": key_hash})
+
+        return await self._read(tx)
 
     # nodes
 
@@ -230,16 +320,17 @@ class SqlStore:
             "templates": list(node.templates),
             "last_seen_us": to_us(node.last_seen),
         }
-        async with self._write() as conn:
-            result = await conn.execute(
-                nodes.update().where(nodes.c.node_id == node.node_id).values(**values)
-            )
+
+        def tx(conn: sa.Connection) -> None:
+            result = conn.execute(_UPDATE_NODE, {"nid": node.node_id, **values})
             if result.rowcount == 0:
-                await conn.execute(nodes.insert().values(node_id=node.node_id, **values))
+                conn.execute(nodes.insert(), {"node_id": node.node_id, **values})
+
+        await self._write(tx)
 
     async def list_nodes(self) -> list[Node]:
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(nodes.select().order_by(nodes.c.node_id))).mappings()
+        def tx(conn: sa.Connection) -> list[Node]:
+            rows = conn.execute(nodes.select().order_by(nodes.c.node_id)).mappings()
             return [
                 Node(
                     node_id=r["node_id"],
@@ -256,49 +347,49 @@ class SqlStore:
                 for r in rows
             ]
 
+        return await self._read(tx)
+
     # sandboxes
 
     async def insert_sandbox(self, record: SandboxRecord) -> None:
-        async with self._write() as conn:
-            await conn.execute(
-                sandboxes.insert().values(
-                    sandbox_id=record.sandbox_id,
-                    team_id=record.team_id,
-                    template_id=record.template_id,
-                    alias=record.alias,
-                    node_id=record.node_id,
-                    state=record.state.value,
-                    client_id=record.client_id,
-                    cpu_count=record.cpu_count,
-                    memory_mb=record.memory_mb,
-                    disk_mb=record.disk_mb,
-                    access_token=record.access_token,
-                    metadata=dict(record.metadata),
-                    env_vars=dict(record.env_vars),
-                    auto_pause=record.auto_pause,
-                    allow_internet_access=record.allow_internet_access,
-                    started_us=to_us(record.started_at),
-                    end_us=to_us(record.end_at),
-                    killed_us=to_us(record.killed_at) if record.killed_at else None,
-                )
-            )
-            if record.metadata:
-                await conn.execute(
-                    sandbox_metadata.insert(),
-                    [
-                        {"sandbox_id": record.sandbox_id, "key": k, "value": v}
-                        for k, v in record.metadata.items()
-                    ],
-                )
+        row = {
+            "sandbox_id": record.sandbox_id,
+            "team_id": record.team_id,
+            "template_id": record.template_id,
+            "alias": record.alias,
+            "node_id": record.node_id,
+            "state": record.state.value,
+            "client_id": record.client_id,
+            "cpu_count": record.cpu_count,
+            "memory_mb": record.memory_mb,
+            "disk_mb": record.disk_mb,
+            "access_token": record.access_token,
+            "metadata": dict(record.metadata),
+            "env_vars": dict(record.env_vars),
+            "auto_pause": record.auto_pause,
+            "allow_internet_access": record.allow_internet_access,
+            "started_us": to_us(record.started_at),
+            "end_us": to_us(record.end_at),
+            "killed_us": to_us(record.killed_at) if record.killed_at else None,
+        }
+        meta = [
+            {"sandbox_id": record.sandbox_id, "key": k, "value": v}
+            for k, v in record.metadata.items()
+        ]
+
+        def tx(conn: sa.Connection) -> None:
+            conn.execute(sandboxes.insert(), row)
+            if meta:
+                conn.execute(sandbox_metadata.insert(), meta)
+
+        await self._write(tx)
 
     async def get_sandbox(self, sandbox_id: str) -> SandboxRecord | None:
-        async with self.engine.connect() as conn:
-            row = (
-                (await conn.execute(sandboxes.select().where(sandboxes.c.sandbox_id == sandbox_id)))
-                .mappings()
-                .first()
-            )
+        def tx(conn: sa.Connection) -> SandboxRecord | None:
+            row = conn.execute(_GET_SANDBOX, {"sid": sandbox_id}).mappings().first()
             return _record(row) if row is not None else None
+
+        return await self._read(tx)
 
     async def update_sandbox(
         self,
@@ -310,30 +401,34 @@ class SqlStore:
         killed_at: datetime | None = None,
         expect_states: frozenset[SandboxState] | None = None,
     ) -> bool:
-        values: dict[str, Any] = {}
+        params: dict[str, Any] = {"sid": sandbox_id}
         if state is not None:
-            values["state"] = state.value
+            params["state"] = state.value
         if end_at is not None:
-            values["end_us"] = to_us(end_at)
+            params["end_us"] = to_us(end_at)
         if started_at is not None:
-            values["started_us"] = to_us(started_at)
+            params["started_us"] = to_us(started_at)
         if killed_at is not None:
-            values["killed_us"] = to_us(killed_at)
-        stmt = sandboxes.update().where(sandboxes.c.sandbox_id == sandbox_id)
+            params["killed_us"] = to_us(killed_at)
+        if len(params) == 1:
+            # Nothing to set: a no-op assignment still reports whether the row matched.
+            params["sandbox_id"] = sandbox_id
+        stmt = _UPDATE_SANDBOX
         if expect_states is not None:
-            stmt = stmt.where(sandboxes.c.state.in_([s.value for s in expect_states]))
-        if not values:
-            values["sandbox_id"] = sandbox_id
-        async with self._write() as conn:
-            result = await conn.execute(stmt.values(**values))
-            return bool(result.rowcount)
+            stmt = _UPDATE_SANDBOX_IF
+            params["expect"] = sorted(s.value for s in expect_states)
+
+        def tx(conn: sa.Connection) -> bool:
+            return bool(conn.execute(stmt, params).rowcount)
+
+        return await self._write(tx)
 
     async def delete_sandbox(self, sandbox_id: str) -> None:
-        async with self._write() as conn:
-            await conn.execute(
-                sandbox_metadata.delete().where(sandbox_metadata.c.sandbox_id == sandbox_id)
-            )
-            await conn.execute(sandboxes.delete().where(sandboxes.c.sandbox_id == sandbox_id))
+        def tx(conn: sa.Connection) -> None:
+            conn.execute(_DELETE_METADATA, {"sid": sandbox_id})
+            conn.execute(_DELETE_SANDBOX, {"sid": sandbox_id})
+
+        await self._write(tx)
 
     async def list_sandboxes(self, query: SandboxQuery) -> list[SandboxRecord]:
         c = sandboxes.c
@@ -369,17 +464,13 @@ class SqlStore:
             stmt = stmt.order_by(c.started_us.desc(), c.sandbox_id.desc())
         if query.limit is not None:
             stmt = stmt.limit(query.limit)
-        async with self.engine.connect() as conn:
-            return [_record(r) for r in (await conn.execute(stmt)).mappings()]
+        return await self._read(_records(stmt))
 
     async def sandboxes_on_node(
         self, node_id: str, states: frozenset[SandboxState]
     ) -> list[SandboxRecord]:
-        stmt = sandboxes.select().where(
-            sandboxes.c.node_id == node_id, sandboxes.c.state.in_([s.value for s in states])
-        )
-        async with self.engine.connect() as conn:
-            return [_record(r) for r in (await conn.execute(stmt)).mappings()]
+        params = {"nid": node_id, "states": sorted(s.value for s in states)}
+        return await self._read(_records(_SANDBOXES_ON_NODE, params))
 
     async def due_sandboxes(self, now: datetime, limit: int = 100) -> list[SandboxRecord]:
         c = sandboxes.c
@@ -394,38 +485,38 @@ class SqlStore:
             .order_by(c.end_us)
             .limit(limit)
         )
-        async with self.engine.connect() as conn:
-            return [_record(r) for r in (await conn.execute(stmt)).mappings()]
+        return await self._read(_records(stmt))
 
     async def node_usage(self) -> dict[str, NodeUsage]:
-        c = sandboxes.c
-        stmt = (
-            sa.select(
-                c.node_id,
-                sa.func.count(),
-                sa.func.coalesce(sa.func.sum(c.cpu_count), 0),
-                sa.func.coalesce(sa.func.sum(c.memory_mb), 0),
-            )
-            .where(c.state.in_([s.value for s in LIVE_STATES]))
-            .group_by(c.node_id)
-        )
-        async with self.engine.connect() as conn:
+        def tx(conn: sa.Connection) -> dict[str, NodeUsage]:
             return {
                 node_id: NodeUsage(sandboxes=int(n), cpu_count=int(cpu), memory_mb=int(mem))
-                for node_id, n, cpu, mem in (await conn.execute(stmt)).all()
+                for node_id, n, cpu, mem in conn.execute(_NODE_USAGE).all()
             }
+
+        return await self._read(tx)
 
     async def purge_killed(self, before: datetime) -> int:
         c = sandboxes.c
         doomed = sa.select(c.sandbox_id).where(
             c.state == SandboxState.KILLED.value, c.killed_us < to_us(before)
         )
-        async with self._write() as conn:
-            await conn.execute(
-                sandbox_metadata.delete().where(sandbox_metadata.c.sandbox_id.in_(doomed))
-            )
-            result = await conn.execute(sandboxes.delete().where(c.sandbox_id.in_(doomed)))
+
+        def tx(conn: sa.Connection) -> int:
+            conn.execute(sandbox_metadata.delete().where(sandbox_metadata.c.sandbox_id.in_(doomed)))
+            result = conn.execute(sandboxes.delete().where(c.sandbox_id.in_(doomed)))
             return int(result.rowcount or 0)
+
+        return await self._write(tx)
+
+
+def _records(
+    stmt: sa.Executable, params: dict[str, Any] | None = None
+) -> Callable[[sa.Connection], list[SandboxRecord]]:
+    def tx(conn: sa.Connection) -> list[SandboxRecord]:
+        return [_record(r) for r in conn.execute(stmt, params).mappings()]
+
+    return tx
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

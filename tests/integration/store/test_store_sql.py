@@ -3,6 +3,7 @@ cursors, due sandboxes, usage. Every test runs on both backends."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -10,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import IntegrityError
 from support.postgres import postgres_server
 
 from shoal.store import (
@@ -151,3 +153,77 @@ async def test_teams_keys_nodes(store: SqlStore) -> None:
     await store.upsert_node(n)
     await store.upsert_node(replace(n, address="http://b"))
     assert await store.list_nodes() == [replace(n, address="http://b")]
+
+
+async def test_update_without_fields_reports_whether_the_row_exists(store: SqlStore) -> None:
+    await store.insert_sandbox(rec("a"))
+    assert await store.update_sandbox("a")
+    assert not await store.update_sandbox("missing")
+    assert not await store.update_sandbox("missing", state=SandboxState.KILLED)
+    ended = T0 + timedelta(hours=2)
+    assert await store.update_sandbox("a", end_at=ended, killed_at=ended)
+    got = await store.get_sandbox("a")
+    assert got is not None and got.end_at == ended and got.killed_at == ended
+    assert got.state is SandboxState.RUNNING
+
+
+async def test_concurrent_writes_all_land_and_guarded_updates_race_once(store: SqlStore) -> None:
+    ids = [f"c{i}" for i in range(40)]
+    await asyncio.gather(
+        *(store.insert_sandbox(rec(i, node_id=f"n{n % 2}")) for n, i in enumerate(ids))
+    )
+    usage = await store.node_usage()
+    assert {k: v.sandboxes for k, v in usage.items()} == {"n0": 20, "n1": 20}
+
+    # Many tasks try the same guarded transition on each sandbox at once: exactly one wins.
+    running = frozenset({SandboxState.RUNNING})
+    wins = await asyncio.gather(
+        *(
+            store.update_sandbox(i, state=SandboxState.KILLING, expect_states=running)
+            for i in ids
+            for _ in range(3)
+        ),
+        *(store.get_sandbox(i) for i in ids),
+    )
+    assert wins[: 3 * len(ids)].count(True) == len(ids)
+    for i in ids:
+        got = await store.get_sandbox(i)
+        assert got is not None and got.state is SandboxState.KILLING
+
+
+async def test_failed_write_raises_and_leaves_the_store_usable(store: SqlStore) -> None:
+    await store.insert_sandbox(rec("dup", metadata={"k": "first"}))
+    with pytest.raises(IntegrityError):
+        await store.insert_sandbox(rec("dup", metadata={"k": "second"}))
+    q = SandboxQuery(team_id="t1", metadata={"k": "second"})
+    assert await store.list_sandboxes(q) == []
+    await store.insert_sandbox(rec("next"))
+    assert await store.get_sandbox("next") is not None
+
+
+@pytest.mark.parametrize("url", ["sqlite+aiosqlite://", "sqlite:///:memory:"])
+async def test_in_memory_sqlite(url: str) -> None:
+    s = SqlStore(url)
+    await s.start()
+    try:
+        await asyncio.gather(*(s.insert_sandbox(rec(f"m{i}")) for i in range(10)))
+        assert len(await s.list_sandboxes(SandboxQuery(team_id="t1"))) == 10
+        assert await s.get_sandbox("m3") == rec("m3")
+    finally:
+        await s.close()
+
+
+async def test_plain_sqlite_url(tmp_path: Path) -> None:
+    s = SqlStore(f"sqlite:///{tmp_path / 'plain.db'}")
+    await s.start()
+    try:
+        await s.insert_sandbox(rec("p"))
+        assert await s.get_sandbox("p") == rec("p")
+    finally:
+        await s.close()
+    reopened = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'plain.db'}")
+    await reopened.start()
+    try:
+        assert await reopened.get_sandbox("p") == rec("p")
+    finally:
+        await reopened.close()
