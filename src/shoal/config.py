@@ -107,7 +107,7 @@ class Settings:
 
     @property
     def db_url(self) -> str:
-        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'shoal.db'}"
+        return self.database_url or f"sqlite:///{self.data_dir / 'shoal.db'}"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
