@@ -1,0 +1,16 @@
+"""filesystem.Filesystem/list_dir (not implemented yet)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shoal.envd.filesystem.context import FsCall
+from shoal.errors import ShoalError
+
+
+class Unimplemented(ShoalError):
+    status, code = 501, "unimplemented"
+
+
+async def list_dir(call: FsCall, request: Any) -> Any:
+    raise Unimplemented("list_dir is not implemented yet")
