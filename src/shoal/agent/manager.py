@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,6 +30,7 @@ INIT_CONNECT_TIMEOUT = 5.0
 RECORD = "sandbox.json"
 
 GoneListener = Callable[[str], None]
+AdoptedListener = Callable[[LocalSandbox], Awaitable[object]]
 
 
 class SandboxManager:
@@ -48,6 +49,7 @@ class SandboxManager:
         self._killing: dict[str, asyncio.Task[None]] = {}
         self._watchers: set[asyncio.Task[None]] = set()
         self._gone_listeners: list[GoneListener] = []
+        self._adopted_listeners: list[AdoptedListener] = []
 
     # -- lookup (envd's SandboxDirectory) --------------------------------------------
 
@@ -63,6 +65,11 @@ class SandboxManager:
     def on_gone(self, listener: GoneListener) -> None:
         """Call ``listener(sandbox_id)`` whenever a sandbox stops existing on this node."""
         self._gone_listeners.append(listener)
+
+    def on_adopted(self, listener: AdoptedListener) -> None:
+        """Await ``listener(sandbox)`` for each sandbox :meth:`adopt` takes back, once its
+        init is connected and before ``adopt`` returns (envd re-attaches its processes)."""
+        self._adopted_listeners.append(listener)
 
     def status(self, sbx: LocalSandbox) -> SandboxStatus:
         return SandboxStatus(
@@ -213,6 +220,11 @@ class SandboxManager:
                 continue
             self._sandboxes[sandbox_id] = sbx
             self._watch(sbx)
+            for listener in self._adopted_listeners:
+                try:
+                    await listener(sbx)
+                except Exception:  # the sandbox itself is adopted either way
+                    log.exception("adoption listener failed for %s", sandbox_id)
 
     async def _adopt_one(self, sandbox_id: str, record_path: Path) -> LocalSandbox | None:
         try:

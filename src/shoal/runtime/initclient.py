@@ -15,18 +15,33 @@ Wire format (one record per message, host byte order; the C file has the full ta
     SIGNAL  2   i32 pid, signum, u32 flags(1=group)     -> OK | ERR
     LIST    3                                           -> LIST
     STATUS  4   i32 pid, u32 flags(1=adopt)             -> STATUS
+    SPAWNM  5   SPAWN's fields up to envc, u32 metalen, u32 groups[],
+                metadata[metalen], then the strings     -> SPAWNED | ERR
+    ADOPT   6   i32 pid                                 -> ADOPTED | ERR
     OK      0x81 i32 value
     ERR     0x82 i32 errno, ascii step name ("exec", "chdir", ...)
     SPAWNED 0x83 i32 pid, u32 nfds + SCM_RIGHTS [pty master] or [stdin w], stdout r, stderr r
     LIST    0x84 u32 n, i32 pids[n]
     STATUS  0x85 i32 state(0 unknown, 1 running, 2 exited), i32 code, i32 signal
+    ADOPTED 0x86 i32 pid, u32 flags, u32 nfds, metadata + SCM_RIGHTS [pty master] or
+                 stdout r, stderr r (new duplicates of the copies init keeps)
     EXIT    0x90 (id 0) i32 pid, i32 code (-1 if signalled), i32 signal (0 if exited)
+
+Surviving the agent: init keeps its own copies of each live process's output read ends
+(or pty master), so the process never sees EPIPE while no agent is connected (its writes
+block once the pipe is full). A restarted agent lists the pids and calls
+:meth:`InitClient.adopt_process` for each: new fds, the metadata blob given to
+:meth:`InitClient.spawn`, and the process's exit events from then on. The stdin pipe of a
+non-pty process is not kept by init: it reaches end of file when the agent goes away.
 
 Usage::
 
     init = await connect_init("shoal-sbx1", "/proc/4242/ns/net")
     proc = await init.spawn(SpawnRequest(["echo", "hi"], {"PATH": "/bin"}, "/", 0, 0))
     status = await proc.wait()
+    # after a restart, from a new connection:
+    for pid in await init.list_pids():
+        again = await init.adopt_process(pid)   # again.stdout, again.metadata, again.wait()
 """
 
 from __future__ import annotations
@@ -46,27 +61,41 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from shoal.errors import InvalidArgument, NotFound, RuntimeFailure, SandboxGone
+from shoal.errors import (
+    Forbidden,
+    InvalidArgument,
+    InvalidStateTransition,
+    NotFound,
+    RuntimeFailure,
+    SandboxGone,
+)
 from shoal.runtime.netns import connect_unix_in_netns
 from shoal.runtime.process import ExitStatus, SpawnError, SpawnRequest
 
 if TYPE_CHECKING:
     from shoal.runtime.process import ProcessHandle, ProcessSpawner
 
-OP_SPAWN, OP_SIGNAL, OP_LIST, OP_STATUS = 1, 2, 3, 4
-RP_OK, RP_ERR, RP_SPAWNED, RP_LIST, RP_STATUS, EV_EXIT = 0x81, 0x82, 0x83, 0x84, 0x85, 0x90
+OP_SPAWN, OP_SIGNAL, OP_LIST, OP_STATUS, OP_SPAWNM, OP_ADOPT = 1, 2, 3, 4, 5, 6
+RP_OK, RP_ERR, RP_SPAWNED, RP_LIST, RP_STATUS, RP_ADOPTED = 0x81, 0x82, 0x83, 0x84, 0x85, 0x86
+EV_EXIT = 0x90
 SPAWN_PTY, SPAWN_STDIN = 1, 2
 ST_UNKNOWN, ST_RUNNING, ST_EXITED = 0, 1, 2
 
 MAX_MSG = 1 << 20
 """Largest request shoal-init accepts (its MAX_MSG); must stay equal to the C constant."""
-_MAX_REPLY = 1 << 16  # LIST of shoal-init's 4096 children is ~16 KiB
+MAX_META = 64 * 1024
+"""Largest metadata blob shoal-init keeps per process (its MAX_META)."""
+_MAX_REPLY = MAX_META + 4096  # ADOPTED with the largest blob; LIST of 4096 pids is ~16 KiB
+ADOPT_PENDING_WAIT = 5.0
+"""How long :meth:`InitClient.adopt_process` retries a process whose exec is in flight."""
 _ANC_SPACE = socket.CMSG_SPACE(4 * 4)
 _READS_PER_WAKEUP = 256
 _SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 
 _HDR = struct.Struct("=II")
 _SPAWN = struct.Struct("=IIIHHIII")
+_U32 = struct.Struct("=I")
+_ADOPTED = struct.Struct("=iII")
 _SIGNAL = struct.Struct("=iiI")
 _STATUS_REQ = struct.Struct("=iI")
 _I32 = struct.Struct("=i")
@@ -76,6 +105,10 @@ _TRIPLE = struct.Struct("=iii")
 
 class ProtocolError(Exception):
     """shoal-init sent something this client does not understand."""
+
+
+class InitTooOld(RuntimeFailure):
+    """The sandbox runs a shoal-init from before ADOPT (it predates this Shoal)."""
 
 
 def set_pty_size(fd: int, cols: int, rows: int) -> None:
@@ -105,7 +138,8 @@ class InitProcess:
     """A process started (or adopted) through shoal-init; implements ``ProcessHandle``.
 
     With a pty, ``stdin`` and ``pty`` are the same fd (close it once). The caller owns
-    every fd.
+    every fd. ``metadata`` is the blob given to :meth:`InitClient.spawn` (as returned by
+    :meth:`InitClient.adopt_process`; empty otherwise).
     """
 
     def __init__(
@@ -116,12 +150,15 @@ class InitProcess:
         stdout: int | None = None,
         stderr: int | None = None,
         pty: int | None = None,
+        metadata: bytes = b"",
     ) -> None:
         self.pid = pid
         self.stdin = stdin
         self.stdout = stdout
         self.stderr = stderr
         self.pty = pty
+        self.metadata = metadata
+        self._attached = False  # this connection handed out its fds (SPAWN or ADOPT)
         self._exit: asyncio.Future[ExitStatus] = asyncio.get_running_loop().create_future()
         self._exit.add_done_callback(_retrieve)
 
@@ -178,6 +215,7 @@ class InitClient:
         self._procs: dict[int, InitProcess] = {}
         self._wq: deque[bytes] = deque()
         self._rbuf = bytearray(_MAX_REPLY)
+        self._legacy = False  # init answered ENOSYS to SPAWNM: an init from before it
         self._lost: SandboxGone | None = None
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._on_close: list[Callable[[InitClient], None]] = []
@@ -341,8 +379,10 @@ class InitClient:
         elif abandon is not None:  # the caller stopped waiting
             abandon(value)
 
-    def _kill_abandoned(self, proc: InitProcess) -> None:
+    def _kill_abandoned(self, proc: InitProcess | None) -> None:
         # Nobody will ever read its output or wait for it: do not leave it running.
+        if proc is None:  # an older init refused SPAWNM: nothing was started
+            return
         proc.close_fds()
         if proc.exit_status is None:
             with contextlib.suppress(SandboxGone, SpawnError):
@@ -358,16 +398,26 @@ class InitClient:
 
     # ------------------------------------------------------------------ operations
 
-    async def spawn(self, request: SpawnRequest) -> InitProcess:
-        """Start a process; raises ``SpawnError`` (ENOENT for a missing program or cwd)."""
-        body = _encode_spawn(request)
+    async def spawn(self, request: SpawnRequest, *, metadata: bytes = b"") -> InitProcess:
+        """Start a process; raises ``SpawnError`` (ENOENT for a missing program or cwd).
+
+        ``metadata`` (at most ``MAX_META`` bytes, opaque to init) is kept by init with the
+        process and returned by :meth:`adopt_process`. An init too old to keep it starts
+        the process without it.
+        """
+        if len(metadata) > MAX_META:
+            raise SpawnError(f"metadata exceeds {MAX_META} bytes", errno_mod.E2BIG)
+        with_meta = bool(metadata) and not self._legacy
+        body = _encode_spawn(request, metadata if with_meta else None)
         pty = request.pty is not None
         want = 1 if pty else (3 if request.stdin else 2)
 
-        def convert(op: int, rbody: bytes, fds: list[int]) -> InitProcess:
+        def convert(op: int, rbody: bytes, fds: list[int]) -> InitProcess | None:
             err = self._error(op, rbody, fds)
             if err is not None:
                 code, step = err
+                if with_meta and code == errno_mod.ENOSYS and step == "op":
+                    return None  # an older init: start it again without the metadata
                 where = f"chdir to {request.cwd!r}" if step == "chdir" else step
                 raise SpawnError(
                     f"cannot start {request.argv[0]!r}: {where}: {os.strerror(code)}", code
@@ -384,11 +434,16 @@ class InitClient:
                 proc = InitProcess(pid, stdin=fds[0], stdout=fds[1], stderr=fds[2])
             else:
                 proc = InitProcess(pid, stdout=fds[0], stderr=fds[1])
+            proc._attached = True
             # Registered here, in the reader, so an EXIT right behind this reply finds it.
             self._procs[pid] = proc
             return proc
 
-        result: InitProcess = await self._request(OP_SPAWN, body, convert, self._kill_abandoned)
+        op = OP_SPAWNM if with_meta else OP_SPAWN
+        result: InitProcess | None = await self._request(op, body, convert, self._kill_abandoned)
+        if result is None:
+            self._legacy = True
+            return await self.spawn(request)
         return result
 
     async def signal(self, pid: int, signum: int, *, group: bool = True) -> bool:
@@ -450,6 +505,81 @@ class InitClient:
         result: InitProcess = await self._query(pid, adopt=True, then=register)
         return result
 
+    async def adopt_process(self, pid: int) -> InitProcess:
+        """Take over a running process another (gone) connection started: a handle with
+        new duplicates of its output fds (``stdout``/``stderr``, or ``pty``, which is also
+        its ``stdin``; a pipe stdin is never returned), its spawn ``metadata``, and its
+        exit from now on.
+
+        A process this connection already holds (spawned, or adopted before) gives back
+        the same handle, without new fds. Raises ``NotFound`` when it is not running (or
+        init never started it), ``Forbidden`` when this peer may not take it,
+        ``InvalidStateTransition`` when another live connection owns it, and
+        ``InitTooOld`` when the sandbox's init predates ADOPT.
+        """
+        if not 1 < pid < 2**31:
+            raise NotFound(f"no process {pid} in this sandbox")
+        deadline = self._loop.time() + ADOPT_PENDING_WAIT
+        delay = 0.001
+        while True:
+            existing = self._procs.get(pid)
+            if existing is not None and existing._attached:
+                return existing
+            result: tuple[InitProcess, bool] | None = await self._request(
+                OP_ADOPT, _I32.pack(pid), self._adopted(pid), _drop_adopted
+            )
+            if result is not None:
+                return result[0]
+            # EAGAIN: its exec is still in flight
+            if self._loop.time() > deadline:
+                raise RuntimeFailure(f"process {pid} did not finish starting")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def _adopted(self, pid: int) -> _Convert:
+        def convert(op: int, body: bytes, fds: list[int]) -> tuple[InitProcess, bool] | None:
+            err = self._error(op, body, fds)
+            if err is not None:
+                code, step = err
+                if code == errno_mod.ENOSYS and step == "op":
+                    raise InitTooOld("this sandbox's shoal-init cannot hand processes over")
+                if code == errno_mod.EAGAIN:
+                    return None
+                if code == errno_mod.ESRCH:
+                    raise NotFound(f"no process {pid} in this sandbox")
+                if code == errno_mod.EPERM:
+                    raise Forbidden(f"process {pid} belongs to the node agent")
+                if code == errno_mod.EBUSY:
+                    raise InvalidStateTransition(f"process {pid} is owned by another client")
+                raise RuntimeFailure(f"adopting process {pid}: {step}: {os.strerror(code)}")
+            if op != RP_ADOPTED:
+                _close_all(fds)
+                raise ProtocolError(f"unexpected reply {op:#x} to ADOPT")
+            got, flags, nfds = _ADOPTED.unpack_from(body)
+            pty = bool(flags & SPAWN_PTY)
+            want = 1 if pty else 2
+            if got != pid or nfds != want or len(fds) != want:
+                _close_all(fds)
+                raise ProtocolError(f"ADOPT reply for {got} carried {len(fds)} fds, wanted {want}")
+            metadata = body[_ADOPTED.size :]
+            # Runs in the reader, before any EXIT behind this reply: register now.
+            proc = self._procs.get(pid)
+            if proc is not None and proc._attached:
+                _close_all(fds)  # a concurrent adopt_process got there first
+                return proc, False
+            if proc is None:
+                proc = InitProcess(pid)
+            if pty:
+                proc.stdin = proc.pty = fds[0]
+            else:
+                proc.stdout, proc.stderr = fds
+            proc.metadata = metadata
+            proc._attached = True
+            self._procs[pid] = proc
+            return proc, True
+
+        return convert
+
     async def _query(
         self, pid: int, *, adopt: bool, then: Callable[[int, int, int], Any] | None = None
     ) -> Any:
@@ -468,6 +598,14 @@ class InitClient:
         return await self._request(OP_STATUS, _STATUS_REQ.pack(pid, 1 if adopt else 0), convert)
 
 
+def _drop_adopted(result: tuple[InitProcess, bool] | None) -> None:
+    # The caller of adopt_process stopped waiting: the fds it would have owned go, and a
+    # later adopt_process asks init for new ones. (Its exit still lands on the handle.)
+    if result is not None and result[1]:
+        result[0].close_fds()
+        result[0]._attached = False
+
+
 def _cstr(value: str, what: str) -> bytes:
     raw = os.fsencode(value)
     if b"\0" in raw:
@@ -475,7 +613,8 @@ def _cstr(value: str, what: str) -> bytes:
     return raw + b"\0"
 
 
-def _encode_spawn(req: SpawnRequest) -> bytes:
+def _encode_spawn(req: SpawnRequest, metadata: bytes | None = None) -> bytes:
+    """SPAWN's body, or SPAWNM's when ``metadata`` is given."""
     if not req.argv or not req.argv[0]:
         raise SpawnError("empty argv", errno_mod.EINVAL)
     if not req.cwd:
@@ -501,7 +640,9 @@ def _encode_spawn(req: SpawnRequest) -> bytes:
             _SPAWN.pack(
                 req.uid, req.gid, flags, cols, rows, len(req.groups), len(req.argv), len(req.env)
             ),
+            b"" if metadata is None else _U32.pack(len(metadata)),
             struct.pack(f"={len(req.groups)}I", *req.groups),
+            metadata or b"",
             *parts,
         ]
     )

@@ -23,12 +23,19 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from shoal.errors import NotFound, SandboxGone
+from shoal.errors import InvalidStateTransition, NotFound, SandboxGone
 from shoal.runtime.initbin import ensure_built
-from shoal.runtime.initclient import InitClient, connect_init, set_pty_size
+from shoal.runtime.initclient import (
+    MAX_META,
+    InitClient,
+    InitTooOld,
+    connect_init,
+    set_pty_size,
+)
 from shoal.runtime.netns import connect_tcp_in_netns, connect_unix_in_netns
 from shoal.runtime.process import ExitStatus, SpawnError, SpawnRequest
 
@@ -517,6 +524,16 @@ GARBAGE = [
     struct.pack("=II", 4, 1),  # STATUS without body
     b"",  # empty record
     b"\xff" * (1 << 20) + b"!",  # one byte over the limit
+    struct.pack("=II", 5, 1) + struct.pack("=IIIHHIII", 0, 0, 0, 0, 0, 0, 1, 0),  # no metalen
+    struct.pack("=II", 5, 1)  # SPAWNM whose metadata runs past the record
+    + struct.pack("=IIIHHIII", 0, 0, 0, 0, 0, 0, 1, 0)
+    + struct.pack("=I", 1000)
+    + b"/\0a\0",
+    struct.pack("=II", 5, 1)  # the metadata eats the strings
+    + struct.pack("=IIIHHIII", 0, 0, 0, 0, 0, 0, 1, 0)
+    + struct.pack("=I", 4)
+    + b"/\0a\0",
+    struct.pack("=II", 6, 1) + b"\x00" * 3,  # ADOPT, wrong size
 ]
 
 
@@ -690,3 +707,281 @@ async def test_connect_where_nothing_listens() -> None:
         await connect_init(f"shoal-test-nobody-{os.getpid()}")
     with pytest.raises(FileNotFoundError):
         await connect_init("shoal-test-nobody", "/proc/999999999/ns/net")
+
+
+# ---------------------------------------------------------------- surviving the agent
+#
+# The node agent holds the only client fds of a process's output; when it restarts they
+# close. init keeps copies, so the process neither dies of SIGPIPE nor loses its pty, and
+# a new connection takes the process over with ADOPT: new fds, the spawn's metadata, and
+# its exit.
+
+TICKER = "i=0; while :; do echo tick $i; echo err $i >&2; i=$((i+1)); sleep 0.01; done"
+
+
+def _fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+async def _agent_goes_away(client: InitClient, *procs: Any) -> None:
+    """What an agent restart does to init's peer: every fd it held closes."""
+    for proc in procs:
+        proc.close_fds()
+    await client.aclose()
+
+
+async def test_a_process_outlives_its_client_and_is_adopted_with_fds_and_metadata(
+    sandbox: Sandbox,
+) -> None:
+    blob = bytes(range(256)) * 40  # opaque: NULs and all
+    first = await connect_init(sandbox.name, sandbox.netns)
+    proc = await first.spawn(req("sh", "-c", TICKER), metadata=blob)
+    assert proc.stdout is not None
+    seen = await read_until(proc.stdout, b"tick 2\n")
+    await _agent_goes_away(first, proc)
+    # It keeps writing with nobody reading (a pipe holds thousands of ticks): no EPIPE.
+    await asyncio.sleep(0.3)
+
+    second = await connect_init(sandbox.name, sandbox.netns)
+    assert await second.list_pids() == [proc.pid]
+    adopted = await second.adopt_process(proc.pid)
+    assert adopted.pid == proc.pid
+    assert adopted.metadata == blob
+    assert adopted.stdin is None and adopted.pty is None
+    assert adopted.stdout is not None and adopted.stderr is not None
+    # The output goes on exactly where the first client stopped reading: nothing lost.
+    seen += await read_until(adopted.stdout, b"tick 60\n")
+    assert seen.startswith(b"".join(b"tick %d\n" % i for i in range(61)))
+    assert (await read_until(adopted.stderr, b"err 60\n")).startswith(b"err 0\nerr 1\n")
+    # Its exit comes to the new connection, and it was our signal that ended it.
+    assert await second.signal(adopted.pid, signal.SIGTERM)
+    assert await asyncio.wait_for(adopted.wait(), 5) == ExitStatus(code=None, signal=signal.SIGTERM)
+    adopted.close_fds()
+    await second.aclose()
+
+
+async def test_a_pty_process_keeps_its_terminal_and_is_adopted(sandbox: Sandbox) -> None:
+    script = 'while read line; do echo "got $line $(stty size)"; done'
+    first = await connect_init(sandbox.name, sandbox.netns)
+    proc = await first.spawn(req("sh", "-c", script, pty=(80, 24)), metadata=b"a pty")
+    assert proc.pty is not None
+    os.write(proc.pty, b"one\n")
+    await read_until(proc.pty, b"got one 24 80")
+    # Without init's copy of the master, closing it would hang the terminal up (SIGHUP).
+    await _agent_goes_away(first, proc)
+
+    second = await connect_init(sandbox.name, sandbox.netns)
+    adopted = await second.adopt_process(proc.pid)
+    assert adopted.metadata == b"a pty"
+    assert adopted.pty is not None and adopted.stdin == adopted.pty
+    assert adopted.stdout is None and adopted.stderr is None
+    set_pty_size(adopted.pty, 100, 30)
+    os.write(adopted.pty, b"two\n")
+    await read_until(adopted.pty, b"got two 30 100")
+    assert await second.signal(adopted.pid, signal.SIGKILL)
+    assert (await asyncio.wait_for(adopted.wait(), 5)).signal == signal.SIGKILL
+    adopted.close_fds()
+    await second.aclose()
+
+
+async def test_adopting_again_does_not_duplicate_anything(sandbox: Sandbox) -> None:
+    first = await connect_init(sandbox.name, sandbox.netns)
+    proc = await first.spawn(req("sleep", "100"), metadata=b"m")
+    # a process this connection started is already held: the same handle comes back
+    assert await first.adopt_process(proc.pid) is proc
+    await _agent_goes_away(first, proc)
+
+    second = await connect_init(sandbox.name, sandbox.netns)
+    before = _fd_count(os.getpid())
+    a, b = await asyncio.gather(second.adopt_process(proc.pid), second.adopt_process(proc.pid))
+    again = await second.adopt_process(proc.pid)
+    assert a is b is again
+    assert _fd_count(os.getpid()) == before + 2  # one stdout and one stderr, once
+    assert await second.list_pids() == [proc.pid]
+    assert await second.signal(proc.pid, signal.SIGKILL)
+    assert (await asyncio.wait_for(a.wait(), 5)).signal == signal.SIGKILL
+    a.close_fds()
+    assert _fd_count(os.getpid()) == before
+    await second.aclose()
+
+
+async def test_adopt_of_what_is_not_running(client: InitClient) -> None:
+    for pid in (1, 2**31 - 2):
+        with pytest.raises(NotFound):
+            await client.adopt_process(pid)
+    done = await client.spawn(req("true"), metadata=b"x")
+    await done.wait()
+    done.close_fds()
+    with pytest.raises(NotFound):
+        await client.adopt_process(done.pid)
+
+
+async def test_a_live_owner_keeps_its_process_unless_the_asker_is_the_agent(
+    sandbox: Sandbox,
+) -> None:
+    owner = await connect_init(sandbox.name, sandbox.netns)
+    proc = await owner.spawn(req("sleep", "100"), metadata=b"m")
+    other = await connect_init(sandbox.name, sandbox.netns)
+    if sandbox.netns is None:
+        # Plain mode: both peers are "in the sandbox" (inside init's pid namespace). One
+        # may not take a process from another that is still connected ...
+        with pytest.raises(InvalidStateTransition):
+            await other.adopt_process(proc.pid)
+        # ... but may once that one is gone.
+        await _agent_goes_away(owner, proc)
+        taken = await other.adopt_process(proc.pid)
+    else:
+        # Peers outside the pid namespace are the agent: a new agent takes over at once,
+        # and the exit goes to it, not to the old connection.
+        taken = await other.adopt_process(proc.pid)
+    assert taken.metadata == b"m"
+    assert await other.signal(proc.pid, signal.SIGKILL)
+    assert (await asyncio.wait_for(taken.wait(), 5)).signal == signal.SIGKILL
+    if sandbox.netns is not None:
+        assert proc.exit_status is None
+        await _agent_goes_away(owner, proc)
+    taken.close_fds()
+    await other.aclose()
+
+
+async def test_sandbox_code_cannot_adopt_the_agents_processes(sandbox: Sandbox) -> None:
+    if sandbox.netns is None:
+        pytest.skip("needs init in its own pid namespace to tell host peers apart")
+    agent = await connect_init(sandbox.name, sandbox.netns)
+    target = await agent.spawn(req("sleep", "1000"), metadata=b"the agent's")
+    helper = await connect_init(sandbox.name, sandbox.netns)
+    await _agent_goes_away(agent, target)  # even while the agent is away
+    thief = (
+        "import socket, struct\n"
+        "s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n"
+        f"s.connect('\\0{sandbox.name}')\n"
+        f"s.send(struct.pack('=IIi', 6, 1, {target.pid}))\n"
+        "adopt = s.recv(70000)\n"
+        f"s.send(struct.pack('=IIiI', 4, 2, {target.pid}, 1))\n"
+        "status = s.recv(100)\n"
+        "state = struct.unpack('=IIiii', status)[2]\n"
+        "print(*struct.unpack_from('=IIi', adopt), state, flush=True)\n"
+        "s.recv(100)\n"  # hold the connection until killed
+    )
+    inside = await helper.spawn(req(sys.executable, "-c", thief))
+    assert inside.stdout is not None
+    # ADOPT: ERR EPERM; STATUS sees it running (but takes nothing)
+    line = await read_until(inside.stdout, b"\n")
+    assert line == f"{0x82} 1 {errno.EPERM} 1\n".encode()
+    # the agent, back, takes it over and gets its exit
+    back = await connect_init(sandbox.name, sandbox.netns)
+    adopted = await back.adopt_process(target.pid)
+    assert adopted.metadata == b"the agent's"
+    assert await back.signal(target.pid, signal.SIGKILL)
+    assert (await asyncio.wait_for(adopted.wait(), 5)).signal == signal.SIGKILL
+    await helper.signal(inside.pid, signal.SIGKILL)
+    await inside.wait()
+    for p in (adopted, inside):
+        p.close_fds()
+    await back.aclose()
+    await helper.aclose()
+
+
+async def test_stdin_pipe_is_not_kept_and_reaches_eof(sandbox: Sandbox) -> None:
+    """Documented loss: init keeps no stdin write end (CloseStdin must deliver EOF), so a
+    non-pty process's stdin ends with the connection that held it."""
+    first = await connect_init(sandbox.name, sandbox.netns)
+    proc = await first.spawn(req("sh", "-c", "cat; exit 5", stdin=True), metadata=b"m")
+    await _agent_goes_away(first, proc)
+    second = await connect_init(sandbox.name, sandbox.netns)
+    deadline = time.monotonic() + 5
+    while (status := await second.status(proc.pid)) is None:
+        assert time.monotonic() < deadline, "cat never saw end of file"
+        await asyncio.sleep(0.01)
+    assert status == ExitStatus(code=5, signal=None)
+    await second.aclose()
+
+
+async def test_init_closes_its_copies_when_processes_end(
+    sandbox: Sandbox, client: InitClient
+) -> None:
+    await client.list_pids()  # init has accepted this connection
+    baseline = _fd_count(sandbox.init_pid)
+    procs = [
+        await client.spawn(req("sleep", "100", pty=(80, 24) if i % 2 else None), metadata=b"m")
+        for i in range(10)
+    ]
+    await client.list_pids()  # init closes what it sent right after sending: a round trip
+    fds = os.listdir(f"/proc/{sandbox.init_pid}/fd")
+    targets = [os.readlink(f"/proc/{sandbox.init_pid}/fd/{fd}") for fd in fds]
+    assert len(fds) == baseline + 15, " ".join(sorted(targets))  # 5 pty masters, 5 stdout, 5 stderr
+    for proc in procs:
+        await client.signal(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        proc.close_fds()
+    await client.list_pids()  # init frees a process right after sending its EXIT
+    assert _fd_count(sandbox.init_pid) == baseline
+
+
+async def test_metadata_limits(sandbox: Sandbox, client: InitClient) -> None:
+    big = b"\xab" * MAX_META
+    proc = await client.spawn(req("sleep", "100"), metadata=big)
+    with pytest.raises(SpawnError) as exc:
+        await client.spawn(req("true"), metadata=big + b"!")
+    assert exc.value.errno == errno.E2BIG
+    # init itself refuses a blob over its limit, with an error (not a dropped connection)
+    sock = await _raw(sandbox)
+    sock.setsockopt(socket.SOL_SOCKET, 32, 4 << 20)
+    body = struct.pack("=IIIHHIII", os.geteuid(), os.getegid(), 0, 0, 0, 0, 1, 0)
+    body += struct.pack("=I", MAX_META + 1) + b"m" * (MAX_META + 1) + b"/\0true\0"
+    sock.send(struct.pack("=II", 5, 7) + body)
+    reply = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(sock, 256), 5)
+    assert reply == struct.pack("=IIi", 0x82, 7, errno.E2BIG) + b"metadata"
+    sock.close()
+    # the largest blob comes back whole on another connection
+    await client.aclose()
+    other = await connect_init(sandbox.name, sandbox.netns)
+    adopted = await other.adopt_process(proc.pid)
+    assert adopted.metadata == big
+    await other.signal(proc.pid, signal.SIGKILL)
+    await adopted.wait()
+    for p in (proc, adopted):
+        p.close_fds()
+    await other.aclose()
+
+
+async def test_a_client_of_an_older_init_spawns_without_metadata() -> None:
+    """Sandboxes started by an earlier Shoal keep their init: it answers ENOSYS to SPAWNM
+    and ADOPT. Spawning still works (without the blob); adopting says why it cannot."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    client = InitClient(ours)
+    loop = asyncio.get_running_loop()
+    ops: list[int] = []
+    theirs.setblocking(False)
+
+    async def old_init() -> None:
+        while data := await loop.sock_recv(theirs, 1 << 20):
+            op, rid = struct.unpack_from("=II", data)
+            ops.append(op)
+            if op == 1:
+                r1, w1 = os.pipe()
+                r2, w2 = os.pipe()
+                rights = array.array("i", [r1, r2]).tobytes()
+                theirs.sendmsg(
+                    [struct.pack("=IIiI", 0x83, rid, 4242 + len(ops), 2)],
+                    [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)],
+                )
+                for fd in (r1, w1, r2, w2):
+                    os.close(fd)
+            else:
+                theirs.send(struct.pack("=IIi", 0x82, rid, errno.ENOSYS) + b"op")
+
+    server = asyncio.ensure_future(old_init())
+    first = await client.spawn(req("true"), metadata=b"kept nowhere")
+    second = await client.spawn(req("true"), metadata=b"kept nowhere")
+    assert ops == [5, 1, 1]  # asked once, then remembered
+    assert first.metadata == b"" and first.stdout is not None
+    with pytest.raises(InitTooOld):
+        await client.adopt_process(7)
+    for p in (first, second):
+        p.close_fds()
+    await client.aclose()
+    theirs.close()
+    server.cancel()
+    with contextlib.suppress(BaseException):
+        await server

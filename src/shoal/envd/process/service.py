@@ -1,7 +1,9 @@
 """The ``process.Process`` Connect service for every sandbox of a node.
 
 State is per sandbox (one :class:`ProcessTable` each, created on first use) and lives until
-the agent calls :meth:`ProcessService.forget` when the sandbox goes away.
+the agent calls :meth:`ProcessService.forget` when the sandbox goes away. A restarted agent
+calls :meth:`ProcessService.adopt_processes` for each sandbox it takes back, which fills the
+table again from what the sandbox's init kept (:mod:`.adopt`).
 
 Errors are mapped here, once: :class:`~shoal.errors.ShoalError` becomes a Connect error,
 except :class:`~shoal.errors.SandboxGone`, which marks the response aborted and propagates
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from connectrpc.code import Code
@@ -21,6 +23,7 @@ from connectrpc.request import RequestContext
 
 from shoal.envd.errors import to_connect
 from shoal.envd.process import connect, input, list, signal, start, update
+from shoal.envd.process.adopt import adopt_into
 from shoal.envd.process.table import ProcessTable
 from shoal.envd.request import abort_response
 from shoal.envd.sandbox import EnvdSandbox
@@ -57,6 +60,14 @@ class ProcessService(Process):
         if table is None:
             table = self._tables[sandbox.sandbox_id] = ProcessTable()
         return table
+
+    async def adopt_processes(self, sandbox: EnvdSandbox) -> Sequence[int]:
+        """After an agent restart: list, follow and report again every process envd started
+        in ``sandbox`` that is still running; returns their pids. Safe to call again."""
+        pids = await adopt_into(self.table(sandbox), sandbox.spawner)
+        if pids:
+            log.info("sandbox %s: took back processes %s", sandbox.sandbox_id, pids)
+        return pids
 
     def forget(self, sandbox_id: str) -> None:
         """Release fds, pumps and timers of a sandbox that is gone; signals nothing.

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from connectrpc.request import RequestContext
 
 from shoal.envd.auth import resolve_user
+from shoal.envd.process.adopt import AdoptingSpawner, ProcessMeta, deadline_after, encode_metadata
 from shoal.envd.process.stream import follow, keepalive_interval, timeout_seconds
 from shoal.envd.process.table import RunningProcess
 from shoal.envd.request import current_request
@@ -99,13 +100,19 @@ async def start(
         pty=pty,
         stdin=bool(stdin) or pty is not None,
     )
+    # Proto3 ``optional``: an absent tag reads as "" but must stay absent in List.
+    tag = request.tag if request.has_field("tag") else None
+    spawner = sandbox.spawner
     try:
-        handle = await sandbox.spawner.spawn(spawn)
+        if isinstance(spawner, AdoptingSpawner):
+            # What List reports, kept by the sandbox's init: survives an agent restart.
+            meta = ProcessMeta(config, tag, pty is not None, deadline_after(timeout))
+            handle = await spawner.spawn(spawn, metadata=encode_metadata(meta))
+        else:
+            handle = await spawner.spawn(spawn)
     except SpawnError as exc:
         raise _spawn_failure(exc, cwd, sandbox, config.cmd) from exc
 
-    # Proto3 ``optional``: an absent tag reads as "" but must stay absent in List.
-    tag = request.tag if request.has_field("tag") else None
     proc = RunningProcess(handle, config, tag, sandbox.spawner)
     sub = proc.subscribe()
     svc.table(sandbox).add(proc)

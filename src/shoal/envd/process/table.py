@@ -349,6 +349,10 @@ class ProcessTable:
     def running(self) -> list[RunningProcess]:
         return list(self._running.values())
 
+    def knows(self, pid: int) -> bool:
+        """Whether ``pid`` is a running process of this table."""
+        return pid in self._running
+
     def find(
         self, selector: pb.ProcessSelector, *, include_ended: bool = False
     ) -> RunningProcess | None:

@@ -16,6 +16,15 @@
  * uid, nor outside the sandbox's pid namespace is refused (otherwise an unprivileged
  * sandbox user could ask for a uid 0 process).
  *
+ * Surviving the agent: init keeps its own copy of every live spawned process's output
+ * read ends (stdout, stderr) or pty master until the process is reaped, so a process
+ * whose client went away (the node agent restarting) never gets EPIPE or SIGHUP; with
+ * nobody reading, its output pipe fills and its writes block, as with any detached
+ * reader. ADOPT hands a reconnected agent fresh duplicates, plus the opaque metadata blob
+ * the spawner stored with SPAWNM. The write end of a stdin pipe is NOT kept (CloseStdin
+ * must deliver EOF): a non-pty process's stdin reaches end of file when the connection
+ * that holds it goes away. A pty's input goes through the master, so it survives.
+ *
  * PROTOCOL (version 1). Every message is one SEQPACKET record in host byte order:
  *
  *   header   u32 op, u32 id            id: chosen by the client, echoed in the reply;
@@ -32,7 +41,17 @@
  *            group flag the signal goes to its whole process group (kill(-pid)).
  *   LIST   3 (no body)                                             -> LIST
  *   STATUS 4 i32 pid, u32 flags (1=adopt: send this pid's EXIT to me; an in-sandbox
- *            peer cannot take a process away from a connected host peer) -> STATUS
+ *            peer cannot take a process a host peer started)            -> STATUS
+ *   SPAWNM 5 SPAWN with a metadata blob: the SPAWN fields up to envc, then u32 metalen,
+ *            u32 groups[ngroups], metalen opaque bytes (at most MAX_META), then the
+ *            strings as in SPAWN. init keeps the blob with the process for ADOPT.
+ *            -> SPAWNED or ERR (E2BIG "metadata" when over MAX_META)
+ *   ADOPT  6 i32 pid -> ADOPTED or ERR: ESRCH (not a live spawned process), EAGAIN (its
+ *            exec is still pending: ask again), EPERM (an in-sandbox peer asking for a
+ *            process a host peer started), EBUSY (another live connection owns it and
+ *            the asker may not take it: only a host peer takes a host-started process
+ *            from a live owner). Makes the asker the process's owner (its EXIT goes there).
+ *            Asking again for a process one already owns just sends new duplicates.
  * Replies / events (init -> client):
  *   OK      0x81 i32 value
  *   ERR     0x82 i32 errno, then a short ASCII word naming the failed step
@@ -42,14 +61,18 @@
  *                read end
  *   LIST    0x84 u32 n, i32 pids[n]            (live processes SPAWN started)
  *   STATUS  0x85 i32 state (0 unknown, 1 running, 2 exited), i32 code, i32 signal
+ *   ADOPTED 0x86 i32 pid, u32 flags (as given to SPAWN), u32 nfds, then the metadata
+ *                blob (the rest of the record, possibly empty); SCM_RIGHTS carries new
+ *                duplicates of the pty master (pty) or stdout and stderr read ends
  *   EXIT    0x90 i32 pid, i32 code, i32 signal (code -1 when killed by signal, signal
  *                0 when it exited); sent to the connection that spawned (or adopted)
  *                the process. The last STATUS_RING exits are kept for STATUS queries,
  *                which is how a restarted agent learns what it missed.
  * Limits: a record is at most MAX_MSG (1 MiB), at most MAX_GROUPS groups and MAX_STRINGS
- * argv/env entries each; MAX_CLIENTS connections, MAX_CHILDREN live spawned processes,
- * MAX_PENDING spawns waiting for exec. A record over the limit, carrying fds, or
- * malformed closes the connection; an unknown op gets ERR ENOSYS.
+ * argv/env entries each, metadata at most MAX_META (64 KiB); MAX_CLIENTS connections,
+ * MAX_CHILDREN live spawned processes, MAX_PENDING spawns waiting for exec. A record over
+ * the limit, carrying fds, or malformed closes the connection; an unknown op gets ERR
+ * ENOSYS (which is how a client tells an older init that lacks SPAWNM and ADOPT).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -87,11 +110,14 @@ enum {
     OP_SIGNAL = 2,
     OP_LIST = 3,
     OP_STATUS = 4,
+    OP_SPAWNM = 5,
+    OP_ADOPT = 6,
     RP_OK = 0x81,
     RP_ERR = 0x82,
     RP_SPAWNED = 0x83,
     RP_LIST = 0x84,
     RP_STATUS = 0x85,
+    RP_ADOPTED = 0x86,
     EV_EXIT = 0x90,
 };
 
@@ -108,6 +134,7 @@ enum { ST_UNKNOWN = 0, ST_RUNNING = 1, ST_EXITED = 2 };
 #define MAX_GROUPS 1024
 #define MAX_STRINGS 65536
 #define STATUS_RING 1024
+#define MAX_META (64u * 1024)
 #define SNDBUF_WANTED (1 << 20)
 
 struct hdr {
@@ -152,6 +179,12 @@ struct child {
     int fds[3];
     int reaped; /* reaped before its exec report was read */
     int wstatus;
+    int by_host;    /* started by a host peer (the agent) */
+    uint32_t flags; /* SPAWN flags */
+    int nkeep;      /* init's own copies of the output read ends / pty master */
+    int keep[2];
+    uint32_t metalen;
+    unsigned char *meta; /* SPAWNM blob (malloc) or NULL */
 };
 
 struct exit_rec {
@@ -384,7 +417,17 @@ static int alloc_child(void) {
     return -1;
 }
 
+/* Let go of what init holds for a process: its output copies and its metadata. */
+static void release_child(struct child *ch) {
+    close_fds(ch->keep, ch->nkeep);
+    ch->nkeep = 0;
+    free(ch->meta);
+    ch->meta = NULL;
+    ch->metalen = 0;
+}
+
 static void free_child(int i) {
+    release_child(&children[i]);
     memset(&children[i], 0, sizeof children[i]);
     children[i].errfd = -1;
     while (children_hi > 0 && children[children_hi - 1].state == C_FREE) children_hi--;
@@ -431,6 +474,7 @@ static void resolve_pending(int i) {
         /* Never started: the requester gets ERR; the child's _exit(127) is not news. */
         close_fds(ch->fds, ch->nfds);
         ch->nfds = 0;
+        release_child(ch);
         if (alive) {
             int step = rep.step > 0 && rep.step <= STEP_NOMEM ? rep.step : 0;
             reply_err(ch->owner, ch->req_id, rep.err, step_names[step]);
@@ -582,13 +626,17 @@ static void child_main(const struct spawn_ctx *x) {
     int errfd = x->errfd;
 
     /* init blocks SIGCHLD and ignores SIGTERM/SIGINT/SIGPIPE: none of that may leak. */
-    struct sigaction dfl;
-    memset(&dfl, 0, sizeof dfl);
-    dfl.sa_handler = SIG_DFL;
-    for (int s = 1; s < NSIG; s++) sigaction(s, &dfl, NULL);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
+    /* Raw syscalls, not libc: glibc refuses to touch its internal signals (32, 33), so
+     * an ignore or block of those inherited from whoever started init would survive
+     * sigaction()/sigprocmask() and leak into every process of the sandbox. */
+    struct { void *handler; unsigned long flags; void *restorer; uint64_t mask; } kdfl;
+    memset(&kdfl, 0, sizeof kdfl); /* SIG_DFL is 0 */
+    for (int s = 1; s <= 64; s++) {
+        if (s == SIGKILL || s == SIGSTOP) continue;
+        syscall(SYS_rt_sigaction, s, &kdfl, NULL, sizeof kdfl.mask);
+    }
+    uint64_t none = 0;
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, sizeof none);
 
     setsid();
 
@@ -661,23 +709,30 @@ static void child_main(const struct spawn_ctx *x) {
 
 /* ---------------------------------------------------------------- requests */
 
-static void do_spawn(int ci, uint32_t id, const unsigned char *body, size_t blen) {
+static void do_spawn(int ci, uint32_t id, const unsigned char *body, size_t blen, int with_meta) {
     struct spawn_req req;
-    if (blen < sizeof req) {
+    uint32_t metalen = 0;
+    if (blen < sizeof req + (with_meta ? 4 : 0)) {
         mark_dead(ci);
         return;
     }
     memcpy(&req, body, sizeof req);
     body += sizeof req;
     blen -= sizeof req;
+    if (with_meta) {
+        memcpy(&metalen, body, 4);
+        body += 4;
+        blen -= 4;
+    }
     if (req.ngroups > MAX_GROUPS || req.argc > MAX_STRINGS || req.envc > MAX_STRINGS ||
-        (size_t)req.ngroups * 4 > blen) {
+        (size_t)req.ngroups * 4 > blen || metalen > blen - (size_t)req.ngroups * 4) {
         mark_dead(ci);
         return;
     }
     const uint32_t *groups = (const uint32_t *)body; /* rbuf is aligned, offsets are too */
-    const char *strings = (const char *)body + (size_t)req.ngroups * 4;
-    size_t slen = blen - (size_t)req.ngroups * 4;
+    const unsigned char *meta = body + (size_t)req.ngroups * 4;
+    const char *strings = (const char *)meta + metalen;
+    size_t slen = blen - (size_t)req.ngroups * 4 - metalen;
     size_t nuls = 0;
     for (size_t k = 0; k < slen; k++) nuls += strings[k] == '\0';
     if (slen == 0 || strings[slen - 1] != '\0' || nuls != 1 + (size_t)req.argc + req.envc) {
@@ -688,6 +743,10 @@ static void do_spawn(int ci, uint32_t id, const unsigned char *body, size_t blen
         (req.flags & ~(uint32_t)(SPAWN_PTY | SPAWN_STDIN)) || req.uid == (uint32_t)-1 ||
         req.gid == (uint32_t)-1) {
         reply_err(ci, id, EINVAL, "request");
+        return;
+    }
+    if (metalen > MAX_META) {
+        reply_err(ci, id, E2BIG, "metadata");
         return;
     }
     if (npending >= MAX_PENDING) {
@@ -701,7 +760,15 @@ static void do_spawn(int ci, uint32_t id, const unsigned char *body, size_t blen
     }
 
     int master = -1, in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1}, rep[2] = {-1, -1};
-    const char *what = "stdio";
+    int keep[2] = {-1, -1};
+    unsigned char *meta_copy = NULL;
+    const char *what = "metadata";
+    if (metalen > 0) {
+        meta_copy = malloc(metalen);
+        if (!meta_copy) goto fail;
+        memcpy(meta_copy, meta, metalen);
+    }
+    what = "stdio";
     if (req.flags & SPAWN_PTY) {
         master = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
         int unlock = 0;
@@ -709,9 +776,15 @@ static void do_spawn(int ci, uint32_t id, const unsigned char *body, size_t blen
         if (master < 0 || ioctl(master, TIOCSPTLCK, &unlock) < 0 ||
             ioctl(master, TIOCSWINSZ, &ws) < 0)
             goto fail;
+        if ((keep[0] = fcntl(master, F_DUPFD_CLOEXEC, 3)) < 0) goto fail;
     } else {
         if ((req.flags & SPAWN_STDIN) && pipe2(in, O_CLOEXEC) < 0) goto fail;
         if (pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0) goto fail;
+        /* init's own copies of the read ends: the writer never sees EPIPE while no client
+           holds them (see "Surviving the agent" above) */
+        if ((keep[0] = fcntl(out[0], F_DUPFD_CLOEXEC, 3)) < 0 ||
+            (keep[1] = fcntl(err[0], F_DUPFD_CLOEXEC, 3)) < 0)
+            goto fail;
     }
     what = "fork";
     if (pipe2(rep, O_CLOEXEC | O_NONBLOCK) < 0) goto fail;
@@ -730,6 +803,13 @@ static void do_spawn(int ci, uint32_t id, const unsigned char *body, size_t blen
     ch->req_id = id;
     ch->errfd = rep[0];
     ch->reaped = 0;
+    ch->by_host = clients[ci].host;
+    ch->flags = req.flags;
+    ch->nkeep = master >= 0 ? 1 : 2;
+    ch->keep[0] = keep[0];
+    ch->keep[1] = keep[1];
+    ch->meta = meta_copy;
+    ch->metalen = metalen;
     ch->nfds = 0;
     if (master >= 0) {
         ch->fds[ch->nfds++] = master;
@@ -746,8 +826,10 @@ static void do_spawn(int ci, uint32_t id, const unsigned char *body, size_t blen
 
 fail: {
     int e = errno;
-    int all[] = {master, in[0], in[1], out[0], out[1], err[0], err[1], rep[0], rep[1]};
+    int all[] = {master, in[0], in[1], out[0], out[1], err[0], err[1], rep[0], rep[1],
+                 keep[0], keep[1]};
     close_fds(all, (int)(sizeof all / sizeof all[0]));
+    free(meta_copy);
     free_child(slot);
     reply_err(ci, id, e, what);
 }
@@ -819,8 +901,10 @@ static void do_status(int ci, uint32_t id, const unsigned char *body, size_t ble
     if (i >= 0 && children[i].state != C_FAILED) {
         m.state = ST_RUNNING;
         struct child *ch = &children[i];
-        /* in-sandbox code may not divert the agent's exit events away from it */
-        int keep = owner_alive(ch) && clients[ch->owner].host && !clients[ci].host;
+        /* in-sandbox code may not divert the agent's exit events away from it, even while
+           the agent is away (restarting) */
+        int keep = !clients[ci].host &&
+                   (ch->by_host || (owner_alive(ch) && clients[ch->owner].host));
         if ((req.flags & STATUS_ADOPT) && !keep) {
             ch->owner = ci;
             ch->owner_gen = clients[ci].gen;
@@ -839,6 +923,59 @@ static void do_status(int ci, uint32_t id, const unsigned char *body, size_t ble
     send_to(ci, &m, sizeof m, NULL, 0);
 }
 
+static void do_adopt(int ci, uint32_t id, const unsigned char *body, size_t blen) {
+    int32_t pid;
+    if (blen != sizeof pid) {
+        mark_dead(ci);
+        return;
+    }
+    memcpy(&pid, body, sizeof pid);
+    int i = pid > 1 ? find_child(pid) : -1;
+    if (i < 0 || children[i].state == C_FAILED) {
+        reply_err(ci, id, ESRCH, "adopt");
+        return;
+    }
+    struct child *ch = &children[i];
+    if (ch->state == C_PENDING) {
+        reply_err(ci, id, EAGAIN, "adopt");
+        return;
+    }
+    int host = clients[ci].host;
+    if (!host && ch->by_host) {
+        /* the agent's processes: their output and exits are not the sandbox's to take */
+        reply_err(ci, id, EPERM, "adopt");
+        return;
+    }
+    int mine = ch->owner == ci && owner_alive(ch);
+    if (!mine && owner_alive(ch) && !(host && ch->by_host)) {
+        reply_err(ci, id, EBUSY, "adopt");
+        return;
+    }
+    int fds[2];
+    int nfds = 0;
+    for (int k = 0; k < ch->nkeep; k++) {
+        int fd = fcntl(ch->keep[k], F_DUPFD_CLOEXEC, 3);
+        if (fd < 0) {
+            int e = errno;
+            close_fds(fds, nfds);
+            reply_err(ci, id, e, "dup");
+            return;
+        }
+        fds[nfds++] = fd;
+    }
+    ch->owner = ci;
+    ch->owner_gen = clients[ci].gen;
+    /* rbuf is free again: the request was fully parsed */
+    struct {
+        struct hdr h;
+        int32_t pid;
+        uint32_t flags, nfds;
+    } m = {{RP_ADOPTED, id}, ch->pid, ch->flags, (uint32_t)nfds};
+    memcpy(rbuf, &m, sizeof m);
+    if (ch->metalen) memcpy(rbuf + sizeof m, ch->meta, ch->metalen);
+    send_to(ci, rbuf, sizeof m + ch->metalen, fds, nfds);
+}
+
 static void handle_message(int ci, size_t len) {
     struct hdr h;
     if (len < sizeof h) {
@@ -850,7 +987,13 @@ static void handle_message(int ci, size_t len) {
     size_t blen = len - sizeof h;
     switch (h.op) {
     case OP_SPAWN:
-        do_spawn(ci, h.id, body, blen);
+        do_spawn(ci, h.id, body, blen, 0);
+        break;
+    case OP_SPAWNM:
+        do_spawn(ci, h.id, body, blen, 1);
+        break;
+    case OP_ADOPT:
+        do_adopt(ci, h.id, body, blen);
         break;
     case OP_SIGNAL:
         do_signal(ci, h.id, body, blen);
