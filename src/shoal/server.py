@@ -30,6 +30,7 @@ from shoal.api.app import build_api_app
 from shoal.api.registry import NodeRegistry, http_client_factory
 from shoal.client.node import NodeClient
 from shoal.config import Settings
+from shoal.envd.files.signature import SignatureFinder
 from shoal.proxy.app import Proxy, Upstream
 from shoal.store.base import SandboxState
 from shoal.store.sql import SqlStore
@@ -78,7 +79,25 @@ def build_stack(settings: Settings) -> Stack:
             return None
         return Upstream(node_id=record.node_id, url=entry.info.address)
 
-    proxy = Proxy(locate, node_token=settings.node_token)
+    running_only = frozenset({SandboxState.RUNNING})
+
+    async def signers() -> list[tuple[str, str | None]]:
+        # Sandboxes whose access token may have signed a header-less /files URL: the
+        # in-process agent's own, then what the store places on every other node.
+        found: list[tuple[str, str | None]] = []
+        if agent is not None:
+            found += [(s.sandbox_id, s.access_token) for s in agent.manager.running()]
+        for entry in registry.entries():
+            node_id = entry.info.node_id
+            if agent is not None and node_id == agent.node_id:
+                continue
+            for record in await store.sandboxes_on_node(node_id, running_only):
+                found.append((record.sandbox_id, record.access_token))
+        return found
+
+    proxy = Proxy(
+        locate, node_token=settings.node_token, find_by_signature=SignatureFinder(signers)
+    )
     return Stack(settings, store, registry, agent, agent_app, api_app, proxy)
 
 

@@ -58,6 +58,7 @@ class NodeAgent:
         self.address = address
         self._send_heartbeat = heartbeat
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        tune_kernel()
         init_binary = ensure_built(settings.data_dir / "bin")
         self.templates = TemplateStore(settings.templates_path)
         self.runtime = ContainerRuntime(
@@ -68,6 +69,9 @@ class NodeAgent:
         )
         self.envd = build_envd_app(self.manager)
         self.manager.on_gone(self.envd.forget)
+        # After a restart, the processes envd started in adopted sandboxes are listed,
+        # followed and reported again (their init kept their output fds and metadata).
+        self.manager.on_adopted(self.envd.processes.adopt_processes)
         self.dataplane = DataPlane(self.manager, self.envd)
         self._tasks: asyncio.TaskGroup | None = None
         self._hb_task: asyncio.Task[None] | None = None
@@ -138,6 +142,24 @@ class NodeAgent:
         except Exception:  # shut-down goes on; leftovers are empty directories only
             log.exception("could not release node %s", self.node_id)
         self._started = False
+
+
+KERNEL_MINIMUMS = {
+    # envd keeps one inotify instance per sandbox with watchers (root's default is 128).
+    "/proc/sys/fs/inotify/max_user_instances": 8192,
+    "/proc/sys/fs/inotify/max_user_watches": 1 << 20,
+}
+
+
+def tune_kernel() -> None:
+    """Raise the node-wide limits sandboxes share to what a full node needs (never lower)."""
+    for path, minimum in KERNEL_MINIMUMS.items():
+        with contextlib.suppress(OSError, ValueError):
+            with open(path) as f:
+                current = int(f.read().strip())
+            if current < minimum:
+                with open(path, "w") as f:
+                    f.write(str(minimum))
 
 
 def _disk_mb(path: Path) -> int:

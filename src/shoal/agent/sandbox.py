@@ -48,4 +48,4 @@ class LocalSandbox:
         return self.container.netns_path
 
     def lookup_user(self, name: str) -> User | None:
-        return lookup_user(str(self.container.rootfs), name)
+        return lookup_user(self.container.fs, name)

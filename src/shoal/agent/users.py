@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from shoal.envd.sandbox import User
-from shoal.runtime.rootfs import read_file_in_root
+from shoal.runtime.rootfs import RootFS
 
 
 def parse_passwd(text: str) -> dict[str, tuple[int, int, str]]:
@@ -33,13 +33,13 @@ def parse_groups(text: str, name: str) -> list[int]:
     return gids
 
 
-def lookup_user(rootfs: str, name: str) -> User | None:
-    """Read the sandbox's files through ``openat2(RESOLVE_IN_ROOT)``: a planted symlink
-    cannot make the host parse one of its own files."""
+def lookup_user(fs: RootFS, name: str) -> User | None:
+    """Read the sandbox's files through its :class:`RootFS`: a planted symlink cannot make
+    the host parse one of its own files, nor open one of its devices."""
     if not name or ":" in name or "\n" in name:
         return None
     try:
-        passwd = read_file_in_root(rootfs, "/etc/passwd").decode("utf-8", "replace")
+        passwd = fs.read_small("/etc/passwd", 1 << 20).decode("utf-8", "replace")
     except OSError:
         return None
     entry = parse_passwd(passwd).get(name)
@@ -47,7 +47,7 @@ def lookup_user(rootfs: str, name: str) -> User | None:
         return None
     uid, gid, home = entry
     try:
-        group = read_file_in_root(rootfs, "/etc/group").decode("utf-8", "replace")
+        group = fs.read_small("/etc/group", 1 << 20).decode("utf-8", "replace")
         groups = parse_groups(group, name)
     except OSError:
         groups = []

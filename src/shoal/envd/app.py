@@ -26,13 +26,18 @@ from starlette.types import Message, Receive, Scope, Send
 
 from shoal.envd.auth import ACCESS_TOKEN_HEADER, token_matches
 from shoal.envd.errors import sandbox_not_found, unauthorized
+from shoal.envd.files import files as files_endpoint
+from shoal.envd.filesystem import FilesystemService
 from shoal.envd.process import ProcessService
 from shoal.envd.request import EnvdRequest, current_request
 from shoal.envd.sandbox import SandboxDirectory
+from shoal.wire.envd.filesystem_connect import FilesystemASGIApplication
 from shoal.wire.envd.process_connect import ProcessASGIApplication
 
 SANDBOX_ID_HEADER = "e2b-sandbox-id"
 OPEN_PATHS = frozenset({"/health"})
+SELF_AUTHORIZED = frozenset({("GET", "/files"), ("POST", "/files")})
+"""Routes that check ``X-Access-Token`` *or* a URL signature themselves (§4.4)."""
 READ_MAX_BYTES = 64 * 1024 * 1024
 """Largest request message (e.g. one ``send_stdin`` chunk, base64 in JSON). Upstream envd
 sets no limit; connectrpc's default of 4 MiB made a 5 MB ``send_stdin`` fail with a
@@ -81,6 +86,7 @@ class EnvdApp:
     ) -> None:
         self.directory = directory
         self.processes = processes or ProcessService()
+        self.filesystem = FilesystemService()
         # JSON is what the SDKs speak; proto binary costs nothing and serves other clients.
         # Compression stays off: the SDKs disable it and nothing may buffer a stream.
         codecs: list[Codec] = [
@@ -91,20 +97,26 @@ class EnvdApp:
             "/process.Process/": ProcessASGIApplication(
                 self.processes, codecs=codecs, compressions=[], read_max_bytes=READ_MAX_BYTES
             ),
+            "/filesystem.Filesystem/": FilesystemASGIApplication(
+                self.filesystem, codecs=codecs, compressions=[], read_max_bytes=READ_MAX_BYTES
+            ),
         }
         self._router = Router(
             routes=[
                 Route("/health", _health, methods=["GET"]),
                 Route("/envs", _envs, methods=["GET"]),
+                Route("/files", files_endpoint, methods=["GET", "POST"]),
             ]
         )
 
     def forget(self, sandbox_id: str) -> None:
         """Drop all per-sandbox state (process tables, fds); kills nothing."""
         self.processes.forget(sandbox_id)
+        self.filesystem.forget(sandbox_id)
 
     async def aclose(self) -> None:
         await self.processes.aclose()
+        await self.filesystem.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -120,7 +132,11 @@ class EnvdApp:
             await sandbox_not_found(sandbox_id)(scope, receive, send)
             return
         path: str = scope["path"]
-        if path not in OPEN_PATHS and not token_matches(sandbox, headers.get(ACCESS_TOKEN_HEADER)):
+        if (
+            path not in OPEN_PATHS
+            and (scope["method"], path) not in SELF_AUTHORIZED
+            and not token_matches(sandbox, headers.get(ACCESS_TOKEN_HEADER))
+        ):
             await unauthorized()(scope, receive, send)
             return
 

@@ -8,6 +8,7 @@ streams, and an upstream that breaks mid-response aborts the client's connection
 from __future__ import annotations
 
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shoal.proxy.forward import UpstreamUnavailable, forward, make_client
 from shoal.proxy.responses import sandbox_not_found, send_json
-from shoal.proxy.routing import route_of
+from shoal.proxy.routing import ENVD_PORT, route_of
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,25 @@ class Upstream:
 
 Locator = Callable[[str], Awaitable[Upstream | None]]
 
+SignatureLocator = Callable[[str, bytes], Awaitable[str | None]]
+"""``(method, query_string) -> sandbox_id``: the sandbox whose envd access token signed a
+header-less ``/files`` URL (see :class:`shoal.envd.files.signature.SignatureFinder`)."""
+
+SIGNED_METHODS = frozenset({"GET", "POST"})
+
 CACHE_TTL = 5.0
 
 
 class Proxy:
-    def __init__(self, locate: Locator, *, node_token: str | None = None) -> None:
+    def __init__(
+        self,
+        locate: Locator,
+        *,
+        node_token: str | None = None,
+        find_by_signature: SignatureLocator | None = None,
+    ) -> None:
         self._locate = locate
+        self._find_by_signature = find_by_signature
         self._cache: dict[str, tuple[float, Upstream]] = {}
         self._client = make_client()
         self._extra = [(b"x-shoal-node-token", node_token.encode())] if node_token else []
@@ -61,6 +75,12 @@ class Proxy:
         if scope["type"] != "http":
             return
         route = route_of(scope)
+        if route is None and scope["path"] == "/files" and scope["method"] in SIGNED_METHODS:
+            routed = await self._route_signed(scope, send)
+            if routed is None:
+                return
+            scope = routed
+            route = route_of(scope)
         if route is None:
             if scope["path"] == "/health":
                 await send_json(send, 200, {"status": "ok"})
@@ -85,6 +105,32 @@ class Proxy:
         except UpstreamUnavailable:
             self.forget(sandbox_id)
             await sandbox_not_found(send, sandbox_id)
+
+    async def _route_signed(self, scope: Scope, send: Send) -> Scope | None:
+        """``download_url()`` / ``upload_url()`` with ``E2B_SANDBOX_URL`` come without routing
+        headers (any HTTP client opens them): route by the signature instead, or answer
+        401 as envd would. Returns the scope with routing headers, or None when answered."""
+        query = scope.get("query_string", b"")
+        sandbox_id = None
+        if self._find_by_signature is not None:
+            sandbox_id = await self._find_by_signature(scope["method"], query)
+        if sandbox_id is None:
+            names = {n for n, _ in urllib.parse.parse_qsl(query.decode("latin-1"), True)}
+            message = (
+                "invalid signature" if "signature" in names else "missing signature query parameter"
+            )
+            await send_json(send, 401, {"code": 401, "message": message})
+            return None
+        headers = [
+            (n, v)
+            for n, v in scope["headers"]
+            if n.lower() not in (b"e2b-sandbox-id", b"e2b-sandbox-port")
+        ]
+        headers += [
+            (b"e2b-sandbox-id", sandbox_id.encode()),
+            (b"e2b-sandbox-port", str(ENVD_PORT).encode()),
+        ]
+        return {**scope, "headers": headers}
 
     async def aclose(self) -> None:
         await self._client.aclose()

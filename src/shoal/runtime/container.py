@@ -2,7 +2,9 @@
 
 On disk, under ``<data_dir>/sandboxes/<sandbox_id>/``::
 
-    upper/  work/     the writable overlay layer and overlayfs' work dir
+    disk.img          the sandbox's disk: a sparse ext4 image of ``disk_mb`` (runtime/quota.py)
+    disk/             its mount point, holding
+      upper/  work/   the writable overlay layer and overlayfs' work dir
     rootfs/           the overlay mount (template layer + upper), the container's root
     bundle/config.json
     boot_id           this sandbox's own /proc/sys/kernel/random/boot_id
@@ -10,7 +12,7 @@ On disk, under ``<data_dir>/sandboxes/<sandbox_id>/``::
 
 Teardown is idempotent and ordered so nothing leaks even when a step fails half way:
 kill the container (its whole cgroup), delete it (crun removes the cgroups), unmount the
-overlay, remove the directory.
+overlay, unmount the disk, remove the directory.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shoal.errors import RuntimeFailure
-from shoal.runtime import oci, overlay
+from shoal.runtime import oci, overlay, quota
 from shoal.runtime.crun import ContainerState, Crun
+from shoal.runtime.quota import SandboxDisks
 from shoal.runtime.rootfs import RootFS
 
 
@@ -105,6 +108,7 @@ class ContainerRuntime:
         self.root = data_dir / "sandboxes"
         self.root.mkdir(parents=True, exist_ok=True)
         _check_searchable(self.root)
+        self.disks = SandboxDisks(data_dir / "disks")
         self.state_root = Path("/run/shoal") / node_id / "crun"
         self.state_root.mkdir(parents=True, exist_ok=True)
         self.crun = Crun(str(self.state_root))
@@ -139,7 +143,7 @@ class ContainerRuntime:
         self, sandbox_id: str, template_rootfs: Path, limits: ContainerLimits, hostname: str
     ) -> Container:
         d = self.dir_of(sandbox_id)
-        await asyncio.to_thread(self._prepare, d, template_rootfs, hostname)
+        await asyncio.to_thread(self._prepare, d, template_rootfs, hostname, limits.disk_mb)
         spec = oci.SandboxSpec(
             sandbox_id=sandbox_id,
             rootfs=str(d / "rootfs"),
@@ -161,10 +165,16 @@ class ContainerRuntime:
         )
         return self._attach(sandbox_id, pid)
 
-    def _prepare(self, d: Path, template_rootfs: Path, hostname: str) -> None:
-        upper, work, rootfs = d / "upper", d / "work", d / "rootfs"
+    def _prepare(self, d: Path, template_rootfs: Path, hostname: str, disk_mb: int) -> None:
+        disk = d / "disk"
+        upper, work, rootfs = disk / "upper", disk / "work", d / "rootfs"
         d.mkdir(parents=True)
-        for p in (upper, work, rootfs, d / "bundle"):
+        for p in (disk, rootfs, d / "bundle"):
+            p.mkdir()
+        # Everything the sandbox can write lives on its own disk of disk_mb; work/ too, since
+        # overlayfs renames from it into upper/.
+        self.disks.create(d / "disk.img", disk, disk_mb)
+        for p in (upper, work):
             p.mkdir()
         # The init binary's mount point lives in the writable layer, owned by the
         # sandbox's root, so templates need no Shoal-specific files.
@@ -258,6 +268,10 @@ class ContainerRuntime:
                 break
             except OSError:
                 time.sleep(0.01 * (attempt + 1))
+        # Lazily: the overlay may still be held for a moment; the loop device detaches and
+        # the image's blocks are freed once the filesystem is released.
+        with contextlib.suppress(OSError):  # then rmtree fails and says so below
+            quota.unmount(d / "disk")
         shutil.rmtree(d, ignore_errors=True)
         if d.exists():
             raise RuntimeFailure(f"could not remove {d}")

@@ -26,7 +26,9 @@ MS_NODEV = 0x4
 
 
 def mount_overlay(lower: str, upper: str, work: str, target: str) -> None:
-    opts = f"lowerdir={lower},upperdir={upper},workdir={work},xino=off"
+    # redirect_dir=on: renaming a directory that comes from the template layer works
+    # (without it rename(2) fails with EXDEV and only tools that fall back to copying cope).
+    opts = f"lowerdir={lower},upperdir={upper},workdir={work},xino=off,redirect_dir=on"
     if _libc.mount(b"overlay", target.encode(), b"overlay", MS_NODEV, opts.encode()) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"mount overlay on {target}: {os.strerror(err)}")

@@ -1,16 +1,21 @@
-"""filesystem.Filesystem/stat (not implemented yet)."""
+"""filesystem.Filesystem/Stat: the entry for a path (a last symlink described, not followed)."""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
 
 from shoal.envd.filesystem.context import FsCall
-from shoal.errors import ShoalError
+from shoal.envd.filesystem.entry import Names, entry_for
+from shoal.envd.filesystem.oserr import os_error
+from shoal.wire.envd import filesystem_pb as pb
 
 
-class Unimplemented(ShoalError):
-    status, code = 501, "unimplemented"
-
-
-async def stat(call: FsCall, request: Any) -> Any:
-    raise Unimplemented("stat is not implemented yet")
+async def stat(call: FsCall, request: pb.StatRequest) -> pb.StatResponse:
+    path = call.path(request.path)
+    fs = call.sandbox.fs
+    names = Names(fs, call.sandbox.uid_base)
+    try:
+        entry = await asyncio.to_thread(entry_for, fs, path, names)
+    except OSError as exc:
+        raise os_error(exc, path, "lstat") from exc
+    return pb.StatResponse(entry=entry)
