@@ -16,11 +16,11 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TypeVar
 
-from bench import shoal
+from bench import files, shoal
 from bench.baseline import CrunBaseline
 from bench.memory import MemoryCost
-from bench.server import live_server, node_id_of
-from bench.stats import Latency, mib, ms, per_gib, secs
+from bench.server import ShoalServer, live_server, node_id_of
+from bench.stats import Latency, mb_s, mib, ms, ms_fine, per_gib, secs
 
 TEMPLATE = (
     Path(os.environ.get("SHOAL_TEMPLATE_DIR", "/var/lib/shoal/templates")) / "base" / "current"
@@ -41,6 +41,7 @@ class Results:
     crun_burst: float | None = None
     crun_idle: MemoryCost | None = None
     crun_detach: Latency | None = None
+    files: files.FilesResults | None = None
     failed: list[str] = field(default_factory=list)
 
 
@@ -102,23 +103,35 @@ def run_baseline(args: argparse.Namespace, results: Results) -> None:
 def run_shoal(args: argparse.Namespace, results: Results) -> None:
     with phase("shoal, through the e2b SDK against a live `shoal serve`"), live_server() as server:
         assert server.proc is not None
-        results.shoal_first = measure(
-            results, "shoal create → first run", lambda: shoal.create_to_first_run(args.runs)
-        )
-        results.shoal_rt = measure(
-            results, "shoal commands.run round trip", lambda: shoal.run_round_trip(args.rt_runs)
-        )
-        results.shoal_burst = measure(
-            results,
-            f"shoal {args.burst} concurrent create+run+kill",
-            lambda: shoal.concurrent_create_run_kill(args.burst),
-        )
-        pid, node = server.proc.pid, node_id_of(server)
-        results.shoal_idle = measure(
-            results,
-            f"shoal {args.idle} idle sandboxes",
-            lambda: shoal.idle_memory(args.idle, pid, node),
-        )
+        if not args.files_only:
+            run_shoal_sandboxes(args, results, server)
+        if not args.skip_files:
+            results.files = files.measure_files(
+                server.data_dir.parent,
+                args.files_runs,
+                lambda name, fn: measure(results, name, fn),
+            )
+
+
+def run_shoal_sandboxes(args: argparse.Namespace, results: Results, server: ShoalServer) -> None:
+    assert server.proc is not None
+    results.shoal_first = measure(
+        results, "shoal create → first run", lambda: shoal.create_to_first_run(args.runs)
+    )
+    results.shoal_rt = measure(
+        results, "shoal commands.run round trip", lambda: shoal.run_round_trip(args.rt_runs)
+    )
+    results.shoal_burst = measure(
+        results,
+        f"shoal {args.burst} concurrent create+run+kill",
+        lambda: shoal.concurrent_create_run_kill(args.burst),
+    )
+    pid, node = server.proc.pid, node_id_of(server)
+    results.shoal_idle = measure(
+        results,
+        f"shoal {args.idle} idle sandboxes",
+        lambda: shoal.idle_memory(args.idle, pid, node),
+    )
 
 
 # -- the table -------------------------------------------------------------------------------
@@ -143,6 +156,10 @@ def table(args: argparse.Namespace, r: Results) -> tuple[list[list[str]], list[s
     rows: list[list[str]] = []
     notes: list[str] = []
     na = "—"
+    if args.files_only:
+        if r.files:
+            files_rows(r.files, rows, notes)
+        return rows, notes
 
     first, ct, cb = r.shoal_first, r.crun_true, r.crun_bash
     for q in ("p50", "p90"):
@@ -242,7 +259,89 @@ def table(args: argparse.Namespace, r: Results) -> tuple[list[list[str]], list[s
         "baseline: `crun spec` + Shoal's user-namespace mapping, cgroup ns and limits, "
         "a fresh overlay on the same rootfs per container; no seccomp, no init"
     )
+    if r.files:
+        files_rows(r.files, rows, notes)
     return rows, notes
+
+
+def files_rows(f: files.FilesResults, rows: list[list[str]], notes: list[str]) -> None:
+    na = "—"
+    goal = 300.0
+
+    def rate(t: files.Throughput | None, *, goal_mb_s: float | None = None) -> str:
+        if t is None:
+            return na
+        cell = mb_s(t.mb_s)
+        if goal_mb_s is not None:
+            cell += mark(t.mb_s >= goal_mb_s)
+        return cell
+
+    def cp(t: files.Throughput | None, what: str) -> str:
+        return f"{mb_s(t.mb_s)} `cp` {what}" if t else na
+
+    small_up = cp(f.cp_small_up, "100 files, tmpfs → data-dir fs")
+    small_down = cp(f.cp_small_down, "100 files, data-dir fs → tmpfs")
+    rows += [
+        ["upload 100 x 1 MiB, one `files.write_files`", rate(f.small_write_files), small_up, na],
+        ["upload 100 x 1 MiB, 100 `files.write`", rate(f.small_write_seq), small_up, na],
+        [
+            'download 100 x 1 MiB, 100 `files.read(format="bytes")`',
+            rate(f.small_read),
+            small_down,
+            na,
+        ],
+        [
+            "upload 200 MiB, `files.write` of a file object",
+            rate(f.large_write, goal_mb_s=goal),
+            cp(f.cp_large_up, "tmpfs → data-dir fs"),
+            f"≥ {goal:.0f} MB/s",
+        ],
+        [
+            'download 200 MiB, `files.read(format="stream")`',
+            rate(f.large_read, goal_mb_s=goal),
+            cp(f.cp_large_down, "data-dir fs → tmpfs"),
+            f"≥ {goal:.0f} MB/s",
+        ],
+        [
+            "watch event latency, p50 (write in sandbox → async `watch_dir` event)",
+            ms_fine(f.watch.p50) if f.watch else na,
+            f"{ms_fine(f.inotify.p50)} bare inotify, host write" if f.inotify else na,
+            na,
+        ],
+    ]
+    runs = next((t for t in (f.large_write, f.small_read, f.cp_large_up) if t is not None), None)
+    if runs:
+        spread = ", ".join(
+            f"{name} {'/'.join(f'{t.nbytes / s / 1e6:,.0f}' for s in t.seconds)}"
+            for name, t in (
+                ("200 MiB up", f.large_write),
+                ("200 MiB down", f.large_read),
+                ("write_files", f.small_write_files),
+            )
+            if t
+        )
+        notes.append(
+            f"files: MB = 10^6 bytes; median of {len(runs.seconds)} runs after a warm-up, "
+            f"random data, no fsync on either side; client and server share the CPUs; "
+            f"each run in MB/s: {spread}"
+        )
+    if f.watch:
+        note = (
+            f"watch (n={f.watch.n}): bash `printf x > fN` then `$EPOCHREALTIME`, in the "
+            "sandbox vs on the host; event arrival (CLOCK_REALTIME) minus that stamp, which "
+            "follows the write's close (so a watcher can beat it: < 0); "
+            f"p90 {ms_fine(f.watch.p90)}"
+        )
+        if f.inotify:
+            note += f" (inotify p90 {ms_fine(f.inotify.p90)})"
+        if f.watch_after_write:
+            w = f.watch_after_write
+            note += (
+                f"; from `files.write` returning to its WRITE event: p50 {ms_fine(w.p50)}, "
+                f"p90 {ms_fine(w.p90)} (negative: the event reached the SDK before the "
+                "upload's HTTP response)"
+            )
+        notes.append(note)
 
 
 def render(rows: list[list[str]]) -> str:
@@ -276,6 +375,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle", type=int, default=200, help="idle sandboxes (200)")
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--skip-shoal", action="store_true")
+    parser.add_argument("--skip-files", action="store_true", help="no files measurements")
+    parser.add_argument(
+        "--files-only", action="store_true", help="only the files measurements (and baselines)"
+    )
+    parser.add_argument("--files-runs", type=int, default=5, help="files throughput runs (5)")
     args = parser.parse_args(argv)
 
     if os.geteuid() != 0:
@@ -289,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_line()
     results = Results()
     try:
-        if not args.skip_baseline:
+        if not args.skip_baseline and not args.files_only:
             run_baseline(args, results)
         if not args.skip_shoal:
             run_shoal(args, results)

@@ -45,6 +45,16 @@ def ms(seconds: float) -> str:
     return f"{value:.1f} ms" if value < 100 else f"{value:.0f} ms"
 
 
+def ms_fine(seconds: float) -> str:
+    """Milliseconds with two decimals, for latencies well under a millisecond."""
+    return f"{seconds * 1000:.2f} ms"
+
+
+def mb_s(rate: float) -> str:
+    """A rate in MB/s (10^6 bytes per second)."""
+    return f"{rate:,.0f} MB/s"
+
+
 def secs(seconds: float) -> str:
     return f"{seconds:.2f} s"
 
