@@ -5,6 +5,7 @@ Errors are mapped once, by :mod:`shoal.envd.rpc`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -57,7 +58,17 @@ class FilesystemService(Filesystem):
     def watch_dir(
         self, request: pb.WatchDirRequest, ctx: RequestContext
     ) -> AsyncIterator[pb.WatchDirResponse]:
-        return rpc.stream(self.watchers.watch_dir(fs_call(ctx), request, ctx))
+        return rpc.stream(self._watch_dir(request, ctx))
+
+    async def _watch_dir(
+        self, request: pb.WatchDirRequest, ctx: RequestContext
+    ) -> AsyncIterator[pb.WatchDirResponse]:
+        # The user is resolved inside the stream, so an unknown one reaches rpc.stream's error
+        # mapping and ends the stream ``unauthenticated`` (not ``unknown``).
+        responses = self.watchers.watch_dir(fs_call(ctx), request, ctx)
+        async with contextlib.aclosing(responses):  # type: ignore[type-var]
+            async for response in responses:
+                yield response
 
     async def create_watcher(
         self, request: pb.CreateWatcherRequest, ctx: RequestContext
