@@ -1,0 +1,199 @@
+"""Contexts: one kernel each, one execution at a time, per-start setup redone after restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+from shoal.interpreter import envs, events
+from shoal.interpreter.config import Settings
+from shoal.interpreter.execute import Control, Emit, KernelDied, KernelStuck, execute
+from shoal.interpreter.formatters import PYTHON_SETUP
+from shoal.interpreter.kernels import Kernel, KernelCatalog, KernelUnavailable, normalise
+
+log = logging.getLogger(__name__)
+
+
+class ContextNotFound(Exception):
+    def __init__(self, context_id: str) -> None:
+        super().__init__(f"Context {context_id} not found")
+
+
+class Context:
+    def __init__(self, context_id: str, language: str, cwd: str, kernel: Kernel,
+                 settings: Settings, sandbox_envs: envs.SandboxEnvs) -> None:
+        self.id = context_id
+        self.language = language
+        self.cwd = cwd
+        self.kernel = kernel
+        self._settings = settings
+        self._sandbox_envs = sandbox_envs
+        self._lock = asyncio.Lock()
+        self._running: Control | None = None
+        self._setup_generation = 0
+        self._env_generation = 0
+
+    def to_json(self) -> dict[str, str]:
+        return {"id": self.id, "language": self.language, "cwd": self.cwd}
+
+    async def setup(self) -> None:
+        """Per-start setup: E2B formatters in Python kernels."""
+        if self._setup_generation == self.kernel.generation:
+            return
+        if self.language == "python":
+            reply = await self.kernel.run_silent(PYTHON_SETUP)
+            if reply.get("status") != "ok":
+                log.warning("python setup failed: %s", reply.get("evalue"))
+        self._setup_generation = self.kernel.generation
+
+    async def _apply_sandbox_envs(self, token: str | None) -> dict[str, str]:
+        values = await self._sandbox_envs.get(token)
+        if values is None:
+            return {}
+        if self._env_generation != self.kernel.generation:
+            snippet = envs.set_snippet(self.language, values)
+            if snippet:
+                await self.kernel.run_silent(snippet)
+            self._env_generation = self.kernel.generation
+        return values
+
+    async def run(self, code: str, env_vars: dict[str, str] | None, token: str | None,
+                  emit: Emit, control: Control) -> None:
+        async with self._lock:
+            self._running = control
+            try:
+                if not control.interrupted:  # abandoned while waiting for its turn
+                    await self._run(code, env_vars or {}, token, emit, control)
+            finally:
+                self._running = None
+                await emit(events.END_OF_EXECUTION)
+
+    async def _run(self, code: str, env_vars: dict[str, str], token: str | None,
+                   emit: Emit, control: Control) -> None:
+        kernel = self.kernel
+        try:
+            if not await kernel.is_alive():
+                await kernel.recover()
+            await self.setup()
+            sandbox = await self._apply_sandbox_envs(token)
+            snippet = envs.set_snippet(self.language, env_vars)
+            if snippet:
+                await kernel.run_silent(snippet)
+            try:
+                await execute(kernel, code, emit, control)
+            finally:
+                if env_vars and await kernel.is_alive():
+                    for reset in envs.reset_snippets(self.language, env_vars, sandbox):
+                        await kernel.run_silent(reset)
+        except KernelDied:
+            code_ = kernel.exit_code()
+            await emit(events.error(
+                "ContextRestarting",
+                f"The kernel died (exit code {code_}) and was restarted; the context state is lost",
+                "",
+            ))
+            await self._recover(emit)
+        except KernelStuck:
+            await emit(events.error(
+                "ContextRestarting",
+                "The kernel did not stop after an interrupt and was restarted; state is lost",
+                "",
+            ))
+            await self._restart_quietly()
+        except KernelUnavailable as exc:
+            await emit(events.error("KernelUnavailable", str(exc), ""))
+
+    async def _recover(self, emit: Emit) -> None:
+        try:
+            await self.kernel.recover()
+            await self.setup()
+        except KernelUnavailable as exc:
+            await emit(events.error("KernelUnavailable", str(exc), ""))
+
+    async def _restart_quietly(self) -> None:
+        await self.kernel.restart()
+        await self.setup()
+
+    async def interrupt(self, control: Control) -> None:
+        """Stop one execution: skip it if still queued, else interrupt the kernel (which is
+        restarted if it does not go idle within the grace period)."""
+        if control.interrupted:
+            return
+        control.interrupt_deadline()
+        if self._running is control:
+            await self.kernel.interrupt()
+
+    async def interrupt_running(self) -> None:
+        if self._running is not None:
+            await self.interrupt(self._running)
+
+    async def restart(self) -> None:
+        await self.interrupt_running()
+        async with self._lock:
+            await self._restart_quietly()
+
+    async def shutdown(self) -> None:
+        await self.interrupt_running()
+        async with self._lock:
+            await self.kernel.shutdown()
+
+
+class Registry:
+    def __init__(self, settings: Settings, catalog: KernelCatalog | None = None) -> None:
+        self.settings = settings
+        self.catalog = catalog or KernelCatalog()
+        self.sandbox_envs = envs.SandboxEnvs(settings.envd_url)
+        self._contexts: dict[str, Context] = {}
+        self._defaults: dict[str, str] = {}
+        self._default_locks: dict[str, asyncio.Lock] = {}
+
+    async def create(self, language: str | None = None, cwd: str | None = None) -> Context:
+        lang = normalise(language)
+        kernel = Kernel(
+            self.catalog, self.catalog.spec_for(lang), cwd or self.settings.cwd,
+            start_timeout=self.settings.kernel_start_timeout,
+            max_restarts=self.settings.max_restarts,
+            restart_window=self.settings.restart_window,
+        )
+        await kernel.start()
+        ctx = Context(str(uuid.uuid4()), lang, kernel.cwd, kernel, self.settings,
+                      self.sandbox_envs)
+        try:
+            await ctx.setup()
+        except Exception:
+            await kernel.shutdown()
+            raise
+        self._contexts[ctx.id] = ctx
+        return ctx
+
+    async def default(self, language: str | None) -> Context:
+        """The default context of a language, created on first use."""
+        lang = normalise(language)
+        self.catalog.spec_for(lang)  # unknown language: fail before locking
+        lock = self._default_locks.setdefault(lang, asyncio.Lock())
+        async with lock:
+            context_id = self._defaults.get(lang)
+            if context_id is not None and context_id in self._contexts:
+                return self._contexts[context_id]
+            ctx = await self.create(lang)
+            self._defaults[lang] = ctx.id
+            return ctx
+
+    def get(self, context_id: str) -> Context:
+        try:
+            return self._contexts[context_id]
+        except KeyError:
+            raise ContextNotFound(context_id) from None
+
+    def list(self) -> list[Context]:
+        return list(self._contexts.values())
+
+    async def remove(self, context_id: str) -> None:
+        ctx = self.get(context_id)
+        del self._contexts[context_id]
+        await ctx.shutdown()
+
+    async def close(self) -> None:
+        contexts, self._contexts = list(self._contexts.values()), {}
+        await asyncio.gather(*(c.shutdown() for c in contexts), return_exceptions=True)

@@ -1,0 +1,104 @@
+"""One execution on a kernel → E2B stream events.
+
+jupyter_client's algorithm: send ``execute_request``, keep the IOPub messages whose parent is
+that request, stop at ``status: idle``, then take the matching ``execute_reply``. Waits are
+sliced so a dead kernel and the (movable) deadline are noticed within ``poll`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from queue import Empty
+from typing import Any
+
+from shoal.interpreter import events
+from shoal.interpreter.events import Event
+from shoal.interpreter.kernels import Kernel
+from shoal.interpreter.mime import bundle_to_fields
+
+Emit = Callable[[Event], Awaitable[None]]
+
+
+class KernelDied(Exception):
+    pass
+
+
+class KernelStuck(Exception):
+    """Interrupted, but the kernel did not go idle within the grace period."""
+
+
+class Control:
+    """Shared between an execution and whoever may stop it (disconnect, server deadline)."""
+
+    def __init__(self, deadline: float | None, grace: float) -> None:
+        self.deadline = deadline
+        self.grace = grace
+        self.interrupted = False
+
+    def interrupt_deadline(self) -> None:
+        self.interrupted = True
+        self.deadline = asyncio.get_running_loop().time() + self.grace
+
+
+async def execute(
+    kernel: Kernel, code: str, emit: Emit, control: Control, *, poll: float = 0.5
+) -> None:
+    kc = kernel.kc
+    msg_id = kc.execute(code, silent=False, store_history=True, allow_stdin=False)
+    error_sent = False
+
+    async def next_msg(get: Callable[..., Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+        while True:
+            try:
+                msg = await get(timeout=poll)
+            except Empty:
+                msg = None
+            if msg is not None:
+                if msg.get("parent_header", {}).get("msg_id") == msg_id:
+                    return msg
+                continue
+            if not await kernel.is_alive():
+                raise KernelDied
+            await _check_deadline(kernel, control, emit)
+
+    while True:
+        msg = await next_msg(kc.get_iopub_msg)
+        kind = msg["msg_type"]
+        content = msg["content"]
+        if kind == "status":
+            if content.get("execution_state") == "idle":
+                break
+        elif kind == "execute_input":
+            await emit(events.number_of_executions(int(content.get("execution_count") or 0)))
+        elif kind == "stream":
+            await emit(events.output(content.get("name", "stdout"), content.get("text", ""),
+                                     msg["header"].get("date")))
+        elif kind in ("display_data", "update_display_data"):
+            await emit(events.result(bundle_to_fields(content.get("data", {})),
+                                     is_main_result=False))
+        elif kind == "execute_result":
+            await emit(events.result(bundle_to_fields(content.get("data", {})),
+                                     is_main_result=True))
+        elif kind == "error":
+            error_sent = True
+            await emit(events.error(content.get("ename", "Error"), content.get("evalue", ""),
+                                    content.get("traceback", [])))
+
+    reply = (await next_msg(kc.get_shell_msg))["content"]
+    status = reply.get("status")
+    if status == "error" and not error_sent:
+        await emit(events.error(reply.get("ename", "Error"), reply.get("evalue", ""),
+                                reply.get("traceback", [])))
+    elif status in ("abort", "aborted"):
+        await emit(events.error("ExecutionAborted", "Execution was aborted", ""))
+
+
+async def _check_deadline(kernel: Kernel, control: Control, emit: Emit) -> None:
+    if control.deadline is None or asyncio.get_running_loop().time() < control.deadline:
+        return
+    if control.interrupted:
+        raise KernelStuck
+    await emit(events.error("TimeoutError", "Execution timed out; the kernel was interrupted", ""))
+    control.interrupt_deadline()
+    await kernel.interrupt()
