@@ -12,9 +12,11 @@ On disk (``templates_path`` is ``Settings.templates_path``)::
 
 Pipeline: bootstrap (mmdebstrap, ``minbase`` plus the recipe's packages, from the host's own
 Debian archive) → dress (user, sudoers, hostname, hosts, resolv.conf, machine-id, caches
-removed) → shift owners (``ownership.shift_ids``) → write ``template.json`` → rename into
-place → switch ``current`` → prune (keep the new and the previous build, and any build
-still mounted).
+removed) → copy host packages and run provision scripts in a chroot, if the recipe has any
+(pip/npm reach their default registries with the host's resolv.conf and CA bundle lent to
+the tree meanwhile; caches removed again afterwards) → shift owners
+(``ownership.shift_ids``) → write ``template.json`` → rename into place → switch
+``current`` → prune (keep the new and the previous build, and any build still mounted).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import asyncio
 import contextlib
 import datetime
 import fcntl
+import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -34,7 +38,7 @@ from pathlib import Path
 from shoal.errors import Forbidden, RuntimeFailure
 from shoal.template.mirror import host_mirror
 from shoal.template.ownership import shift_ids
-from shoal.template.recipe import Recipe
+from shoal.template.recipe import PackageCopy, Provision, Recipe
 
 BUILDER_VERSION = 1
 """Bump when the builder's output changes for an unchanged recipe: every template rebuilds."""
@@ -44,6 +48,15 @@ TEMPLATE_JSON = "template.json"
 
 Bootstrap = Callable[[Recipe, Path, str, Path], Awaitable[None]]
 """``(recipe, empty rootfs dir, mirror URI, log file)``: install the recipe's packages."""
+
+Provisioner = Callable[[Recipe, Provision, Path, Path], Awaitable[None]]
+"""``(recipe, step, rootfs, log file)``: run one provision step inside the tree."""
+
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+"""Lent to provision steps: the host may reach registries through a TLS-inspecting proxy
+whose CA only the host trusts."""
+_BUILD_CA = "tmp/.shoal-build-ca.crt"
+_PASS_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
 
 
 @dataclass(frozen=True)
@@ -92,6 +105,142 @@ async def mmdebstrap(recipe: Recipe, rootfs: Path, mirror: str, log: Path) -> No
         raise RuntimeFailure(f"mmdebstrap exited with {code}:\n{_tail(log)}")
 
 
+async def chroot_provision(recipe: Recipe, step: Provision, rootfs: Path, log: Path) -> None:
+    """Run ``step.script`` with bash in ``rootfs`` (own mount and pid namespace, /proc)."""
+    if step.user == "root":
+        uid, gid, home = 0, 0, "/root"
+    elif step.user == recipe.user:
+        uid, gid, home = recipe.uid, recipe.gid, recipe.home
+    else:
+        raise RuntimeFailure(f"provision step {step.name!r}: unknown user {step.user!r}")
+    env = {
+        "HOME": home,
+        "USER": step.user,
+        "LOGNAME": step.user,
+        "PATH": recipe.environment.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "TMPDIR": "/tmp",
+        "DEBIAN_FRONTEND": "noninteractive",
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "PIP_DEFAULT_TIMEOUT": "120",
+        "npm_config_update_notifier": "false",
+    }
+    if step.network:
+        ca = "/" + _BUILD_CA
+        env.update(
+            PIP_CERT=ca,
+            SSL_CERT_FILE=ca,
+            REQUESTS_CA_BUNDLE=ca,
+            NODE_EXTRA_CA_CERTS=ca,
+            npm_config_cafile=ca,
+        )
+        env.update({k: v for k, v in os.environ.items() if k in _PASS_ENV})
+    argv = [
+        "unshare",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        f"--mount-proc={rootfs / 'proc'}",
+        "chroot",
+        *([f"--userspec={uid}:{gid}", "--groups="] if uid else []),
+        str(rootfs),
+        "/usr/bin/env",
+        "-i",
+        *(f"{k}={v}" for k, v in sorted(env.items())),
+        "/bin/bash",
+        "-euxo",
+        "pipefail",
+        "-c",
+        step.script,
+    ]
+    with log.open("ab") as out:
+        out.write(f"\n### provision: {step.name} (as {step.user})\n".encode())
+        out.flush()
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, cwd="/"
+        )
+        try:
+            code = await proc.wait()
+        except asyncio.CancelledError:
+            proc.terminate()
+            await asyncio.shield(proc.wait())
+            raise
+    if code != 0:
+        raise RuntimeFailure(f"provision step {step.name!r} exited with {code}:\n{_tail(log)}")
+
+
+def package_source(copy: PackageCopy) -> Path | None:
+    """The host directory of ``copy.package``, or None when it is not installed."""
+    try:
+        spec = importlib.util.find_spec(copy.package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _package_files(source: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in source.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")
+    )
+
+
+def copies_digest(recipe: Recipe) -> str:
+    """sha256 over the content of every host package the recipe copies ("" if none)."""
+    if not recipe.copies:
+        return ""
+    h = hashlib.sha256()
+    for copy in recipe.copies:
+        h.update(f"{copy.package}\0{copy.dest}\0".encode())
+        source = package_source(copy)
+        if source is None:
+            h.update(b"missing\0")
+            continue
+        for path in _package_files(source):
+            h.update(str(path.relative_to(source)).encode() + b"\0")
+            h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def copy_packages(rootfs: Path, recipe: Recipe) -> dict[str, bool]:
+    """Copy each host package into the tree (root-owned, world-readable); name → copied."""
+    copied: dict[str, bool] = {}
+    for copy in recipe.copies:
+        source = package_source(copy)
+        if source is None:
+            if copy.required:
+                raise RuntimeFailure(f"package {copy.package} is not installed on the host")
+            copied[copy.package] = False
+            continue
+        target = rootfs / copy.dest.lstrip("/") / Path(*copy.package.split("."))
+        if target.exists():
+            shutil.rmtree(target)
+        for path in _package_files(source):
+            dest = target / path.relative_to(source)
+            dest.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            shutil.copyfile(path, dest)
+            dest.chmod(0o644)
+        for directory in [target, *(p for p in target.rglob("*") if p.is_dir())]:
+            directory.chmod(0o755)
+        copied[copy.package] = True
+    return copied
+
+
+def _lend_network(rootfs: Path) -> None:
+    _write(rootfs / "etc" / "resolv.conf", Path("/etc/resolv.conf").read_text(), 0o644)
+    ca = rootfs / _BUILD_CA
+    ca.parent.mkdir(exist_ok=True)
+    _write(ca, HOST_CA_BUNDLE.read_text() if HOST_CA_BUNDLE.is_file() else "", 0o644)
+
+
+def _take_back_network(rootfs: Path) -> None:
+    _write(rootfs / "etc" / "resolv.conf", "", 0o644)
+    (rootfs / _BUILD_CA).unlink(missing_ok=True)
+
+
 class TemplateBuilder:
     """Builds templates under ``templates_path``; safe to call again and again.
 
@@ -106,14 +255,20 @@ class TemplateBuilder:
         *,
         mirror: str | None = None,
         bootstrap: Bootstrap = mmdebstrap,
+        provisioner: Provisioner = chroot_provision,
     ) -> None:
         self.templates_path = templates_path
         self.uid_base = uid_base
         self._mirror = mirror
         self._bootstrap = bootstrap
+        self._provisioner = provisioner
 
     def build_hash(self, recipe: Recipe) -> str:
-        return recipe.digest(BUILDER_VERSION, self.uid_base)
+        digest = recipe.digest(BUILDER_VERSION, self.uid_base)
+        copies = copies_digest(recipe)
+        if not copies:
+            return digest
+        return hashlib.sha256(f"{digest}:{copies}".encode()).hexdigest()
 
     async def build(self, recipe: Recipe, *, force: bool = False) -> BuildResult:
         """Make ``current`` point at a complete build of ``recipe``; build it if needed."""
@@ -169,6 +324,9 @@ class TemplateBuilder:
             mirror = self._mirror or host_mirror()
             await self._bootstrap(recipe, rootfs, mirror, log)
             await asyncio.to_thread(dress, rootfs, recipe)
+            copied = await asyncio.to_thread(copy_packages, rootfs, recipe)
+            if recipe.provision:
+                await self._provision(recipe, rootfs, log)
             stats = await asyncio.to_thread(shift_ids, rootfs, self.uid_base)
             meta = {
                 "name": recipe.name,
@@ -187,6 +345,15 @@ class TemplateBuilder:
                 "env": recipe.environment,
                 "recipe": recipe.canonical(),
             }
+            if recipe.start_cmd:
+                meta["start_cmd"] = recipe.start_cmd
+            for key in ("ready_port", "cpu_count", "memory_mb"):
+                if getattr(recipe, key) is not None:
+                    meta[key] = getattr(recipe, key)
+            if recipe.kernels:
+                meta["kernels"] = sorted(set(recipe.kernels))
+            if copied:
+                meta["copied_packages"] = copied
             tmp = work / (TEMPLATE_JSON + ".tmp")
             tmp.write_text(json.dumps(meta, indent=2) + "\n")
             tmp.rename(work / TEMPLATE_JSON)
@@ -195,6 +362,29 @@ class TemplateBuilder:
             # Synchronous on purpose: a cancelled build must still leave no half template.
             shutil.rmtree(work, ignore_errors=True)
             raise
+
+    async def _provision(self, recipe: Recipe, rootfs: Path, log: Path) -> None:
+        try:
+            for step in recipe.provision:
+                if step.network:
+                    await asyncio.to_thread(_lend_network, rootfs)
+                try:
+                    await self._provisioner(recipe, step, rootfs, log)
+                finally:
+                    _take_back_network(rootfs)
+        finally:
+            clean(rootfs)
+        if recipe.kernels:
+            missing = [k for k in recipe.kernels if not _has_kernelspec(rootfs, k)]
+            if missing:
+                raise RuntimeFailure(f"kernelspecs not registered: {', '.join(missing)}")
+
+
+def _has_kernelspec(rootfs: Path, name: str) -> bool:
+    return any(
+        (rootfs / prefix / "share/jupyter/kernels" / name / "kernel.json").is_file()
+        for prefix in ("usr/local", "usr")
+    )
 
 
 def dress(rootfs: Path, recipe: Recipe) -> None:
@@ -219,6 +409,11 @@ def dress(rootfs: Path, recipe: Recipe) -> None:
     _write(etc / "resolv.conf", "", 0o644)
     # systemd-style tools expect the file; empty means "not yet initialised".
     _write(etc / "machine-id", "", 0o444)
+    clean(rootfs)
+
+
+def clean(rootfs: Path) -> None:
+    """Remove caches, logs and temporary files that a build leaves behind."""
     for pattern in (
         "var/cache/apt/*.bin",
         "var/cache/apt/archives/*.deb",
@@ -230,6 +425,9 @@ def dress(rootfs: Path, recipe: Recipe) -> None:
         "tmp/*",
         "var/tmp/*",
         "root/.bash_history",
+        "root/.cache",
+        "root/.npm",
+        "root/.config/pip",
     ):
         for path in rootfs.glob(pattern):
             if path.is_dir() and not path.is_symlink():

@@ -21,7 +21,7 @@ from pathlib import Path
 from shoal.errors import NotFound
 from shoal.template.builder import CURRENT, TEMPLATE_JSON
 
-ALIASES: dict[str, str] = {"base": "base"}
+ALIASES: dict[str, str] = {"base": "base", "code-interpreter-v1": "code-interpreter-v1"}
 """Template id or alias a client may send → template directory name."""
 
 
@@ -40,6 +40,15 @@ class Template:
     "unable to resolve host" on every call."""
     built_at: str = ""
     size_bytes: int = 0
+    start_cmd: str = ""
+    """Shell command to start in the background as ``default_user`` (empty: none)."""
+    ready_port: int | None = None
+    """Port on which ``start_cmd`` answers once it is ready."""
+    cpu_count: int | None = None
+    """The template's default vCPUs (None: the server's default)."""
+    memory_mb: int | None = None
+    kernels: tuple[str, ...] = ()
+    """Jupyter kernelspecs registered system-wide."""
 
 
 class TemplateStore:
@@ -92,6 +101,19 @@ def _load(template_id: str, build: Path) -> Template:
             hostname=str(meta.get("hostname", "sandbox")),
             built_at=str(meta.get("built_at", "")),
             size_bytes=int(meta.get("size_bytes", 0)),
+            start_cmd=str(meta.get("start_cmd", "")),
+            ready_port=_optional_int(meta.get("ready_port")),
+            cpu_count=_optional_int(meta.get("cpu_count")),
+            memory_mb=_optional_int(meta.get("memory_mb")),
+            kernels=tuple(str(k) for k in meta.get("kernels", ())),
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise NotFound(f"template '{template_id}' has no usable build at {build}") from exc
+
+
+def _optional_int(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(f"not an integer: {value!r}")
+    return int(value)
