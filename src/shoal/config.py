@@ -95,6 +95,9 @@ class Settings:
     uid_base: int = 100000
     """Host uid/gid that root inside a sandbox maps to (65536 ids from there)."""
     max_sandboxes_per_node: int = 2000
+    warm_pool: int = 4
+    """Warm containers a node keeps per template shape (template, cpu, memory, disk), laid
+    out and created ahead so a create only starts one; 0 disables the pool."""
     heartbeat_interval: float = 2.0
     node_dead_after: float = 10.0
     default_timeout: int = 300

@@ -6,6 +6,11 @@ containers, network namespaces (held by processes or by the server's own fds) an
 server's open fds. Hygiene tests take one before and compare after. Everything is scoped to
 the one server's node id and data directory, so other servers on the machine (other tests
 running at the same time) do not disturb it.
+
+The node's warm pool (containers ``pool-<hex>``, refilled in the background, see
+``runtime/pool.py``) is not a sandbox and is left out: its directories, containers, mounts,
+cgroups and processes, as long as that pool container exists. A pool-named cgroup without
+its pool container (what a claimed sandbox leaves if its teardown forgot it) still counts.
 """
 
 from __future__ import annotations
@@ -158,9 +163,29 @@ def _fd_kind(target: str) -> str:
     return target.split(":", 1)[0]
 
 
+POOL_PREFIX = "pool-"
+
+
+def _pool_ids(sandboxes: Path, node_id: str) -> set[str]:
+    dirs = {p.name for p in sandboxes.iterdir()} if sandboxes.is_dir() else set()
+    ids = {d for d in dirs if d.startswith(POOL_PREFIX)}
+    ids |= {str(c["id"]) for c in crun_list(node_id) if str(c["id"]).startswith(POOL_PREFIX)}
+    return ids
+
+
+def _in_pool(cgroup: str, marker: str, pool: set[str]) -> bool:
+    """Every cgroup of the process under this node is one of the pool's containers."""
+    names = [
+        line.split(marker, 1)[1].split("/", 1)[0] for line in cgroup.splitlines() if marker in line
+    ]
+    return bool(names) and all(n in pool for n in names)
+
+
 def snapshot(data_dir: Path, server_pid: int) -> HostState:
     node_id = node_id_of(data_dir)
     marker = f"/shoal/{node_id}/"
+    sandboxes = data_dir / "sandboxes"
+    pool = _pool_ids(sandboxes, node_id)
     procs: set[str] = set()
     netns: set[str] = set()
     server_tree = descendants(server_pid)
@@ -170,6 +195,8 @@ def snapshot(data_dir: Path, server_pid: int) -> HostState:
         in_node = marker in cgroup
         if not in_node and pid not in server_tree:
             continue
+        if in_node and _in_pool(cgroup, marker, pool):
+            continue
         if in_node or (uid is not None and UID_BASE <= uid < UID_BASE + UID_RANGE):
             try:
                 netns.add(os.readlink(f"/proc/{pid}/ns/net"))
@@ -178,7 +205,6 @@ def snapshot(data_dir: Path, server_pid: int) -> HostState:
         procs.add(f"{pid} uid={uid} {' '.join(proc_cmdline(pid))[:80]}")
     kinds: dict[str, int] = {}
     sandbox_fds: set[str] = set()
-    sandboxes = data_dir / "sandboxes"
     fd_dir = f"/proc/{server_pid}/fd"
     fds = os.listdir(fd_dir)
     for fd in fds:
@@ -197,14 +223,24 @@ def snapshot(data_dir: Path, server_pid: int) -> HostState:
     for line in (_read("/proc/self/mountinfo") or "").splitlines():
         mount_point = line.split()[4]
         if mount_point.startswith(prefix):
+            rel = (
+                Path(mount_point).relative_to(sandboxes)
+                if mount_point.startswith(f"{sandboxes}/")
+                else None
+            )
+            if rel is not None and rel.parts and rel.parts[0] in pool:
+                continue
             mounts.add(mount_point)
     cgroups: set[str] = set()
     for controller in Path("/sys/fs/cgroup").iterdir():
         node_dir = controller / "shoal" / node_id
         if node_dir.is_dir():
-            cgroups.update(str(p) for p in node_dir.iterdir() if p.is_dir())
+            cgroups.update(str(p) for p in node_dir.iterdir() if p.is_dir() and p.name not in pool)
     dirs = {p.name for p in sandboxes.iterdir()} if sandboxes.is_dir() else set()
-    containers = {f"{c['id']} {c['status']}" for c in crun_list(node_id)}
+    dirs -= pool
+    containers = {
+        f"{c['id']} {c['status']}" for c in crun_list(node_id) if str(c["id"]) not in pool
+    }
     return HostState(
         processes=frozenset(procs),
         mounts=frozenset(mounts),

@@ -21,6 +21,7 @@ from shoal.agent.sandbox import LocalSandbox
 from shoal.errors import CapacityExhausted, InvalidArgument, NotFound, RuntimeFailure, SandboxGone
 from shoal.runtime.container import Container, ContainerLimits, ContainerRuntime
 from shoal.runtime.initclient import connect_init
+from shoal.runtime.pool import WarmPool
 from shoal.template.store import TemplateStore
 from shoal.wire.node import CreateSandboxRequest, SandboxStatus
 
@@ -40,8 +41,10 @@ class SandboxManager:
         templates: TemplateStore,
         *,
         max_sandboxes: int = 2000,
+        warm_pool: int = 0,
     ) -> None:
         self.runtime = runtime
+        self.pool = WarmPool(runtime, warm_pool)
         self.templates = templates
         self.max_sandboxes = max_sandboxes
         self._sandboxes: dict[str, LocalSandbox] = {}
@@ -97,9 +100,23 @@ class SandboxManager:
         container: Container | None = None
         try:
             limits = ContainerLimits(req.cpu_count, req.memory_mb, req.disk_mb)
-            container = await self.runtime.start(
-                req.sandbox_id, template.rootfs, limits, req.hostname or template.hostname
-            )
+            hostname = req.hostname or template.hostname
+            warm = self.pool.take(template.rootfs, limits)
+            if warm is not None:
+                try:
+                    container = await self.runtime.claim(warm, req.sandbox_id, hostname)
+                except Exception:
+                    # A broken warm container costs this create the cold path, not a failure.
+                    log.exception("could not claim warm container %s", warm.container_id)
+                    await self.runtime.destroy(warm.container_id)
+                    await self.runtime.destroy(req.sandbox_id)
+                except BaseException:
+                    await self.runtime.destroy(warm.container_id)
+                    raise
+            if container is None:
+                container = await self.runtime.start(
+                    req.sandbox_id, template.rootfs, limits, hostname
+                )
             spawner = await self._connect(container)
             sbx = LocalSandbox(
                 sandbox_id=req.sandbox_id,
@@ -154,6 +171,7 @@ class SandboxManager:
             "cpu_count": sbx.cpu_count,
             "memory_mb": sbx.memory_mb,
             "disk_mb": sbx.disk_mb,
+            "socket_name": sbx.container.socket_name,
         }
         path = self.runtime.dir_of(sbx.sandbox_id) / RECORD
         tmp = path.with_suffix(".tmp")
@@ -229,7 +247,7 @@ class SandboxManager:
     async def _adopt_one(self, sandbox_id: str, record_path: Path) -> LocalSandbox | None:
         try:
             rec = json.loads(record_path.read_text())  # noqa: ASYNC240 (start-up, tiny file)
-            container = await self.runtime.adopt(sandbox_id)
+            container = await self.runtime.adopt(sandbox_id, rec.get("socket_name"))
             if container is None:
                 return None
             try:
@@ -256,7 +274,9 @@ class SandboxManager:
             return None
 
     async def detach(self) -> None:
-        """Agent shut-down: stop watching, keep every sandbox running for the next start."""
+        """Agent shut-down: stop watching, keep every sandbox running for the next start;
+        remove the warm pool."""
+        await self.pool.close()
         for task in list(self._watchers):
             task.cancel()
         for sbx in list(self._sandboxes.values()):

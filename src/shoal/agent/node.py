@@ -65,7 +65,10 @@ class NodeAgent:
             settings.data_dir, self.node_id, init_binary, settings.uid_base
         )
         self.manager = SandboxManager(
-            self.runtime, self.templates, max_sandboxes=settings.max_sandboxes_per_node
+            self.runtime,
+            self.templates,
+            max_sandboxes=settings.max_sandboxes_per_node,
+            warm_pool=settings.warm_pool,
         )
         self.envd = build_envd_app(self.manager)
         self.manager.on_gone(self.envd.forget)

@@ -9,6 +9,15 @@ On disk, under ``<data_dir>/sandboxes/<sandbox_id>/``::
     bundle/config.json
     boot_id           this sandbox's own /proc/sys/kernel/random/boot_id
     init.pid
+    pool_id           only if it came from the warm pool: the id it was created under
+
+Warm containers (``runtime/pool.py``) are laid out and ``crun create``d under an id
+``pool-<hex>`` (directory, crun container, cgroups), their init not yet exec'd. Claiming
+one renames all of that to the sandbox id (crun's state directory and status, the cgroup v1
+directories, the sandbox directory with its mounts), sets the UTS hostname and
+``/etc/hosts``, then lets init exec. cgroup v2 directories cannot be renamed: the unified
+hierarchy (no controllers here) keeps the pool name, recorded in ``pool_id`` and removed
+with the sandbox.
 
 Teardown is idempotent and ordered so nothing leaks even when a step fails half way:
 kill the container (its whole cgroup), delete it (crun removes the cgroups), unmount the
@@ -24,6 +33,8 @@ import json
 import os
 import resource
 import shutil
+import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -32,6 +43,7 @@ from pathlib import Path
 from shoal.errors import RuntimeFailure
 from shoal.runtime import oci, overlay, quota
 from shoal.runtime.crun import ContainerState, Crun
+from shoal.runtime.netns import _setns
 from shoal.runtime.quota import SandboxDisks
 from shoal.runtime.rootfs import RootFS
 
@@ -102,6 +114,62 @@ def socket_name_for(sandbox_id: str) -> str:
     return f"shoal-init-{sandbox_id}"
 
 
+POOL_PREFIX = "pool-"
+CLONE_NEWUTS = 0x04000000
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+@dataclass(frozen=True)
+class WarmContainer:
+    """A container laid out and created but not started (see runtime/pool.py)."""
+
+    container_id: str
+    pid: int
+
+
+def _set_hostname(pid: int, hostname: str) -> None:
+    """Set the UTS hostname of process ``pid``'s namespace. setns(2) moves only the
+    calling thread, so the caller runs this on a thread that exits right after."""
+    fd = os.open(f"/proc/{pid}/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _setns(fd, CLONE_NEWUTS)
+    finally:
+        os.close(fd)
+    socket.sethostname(hostname)
+
+
+async def _on_own_thread(fn: functools.partial[None]) -> None:
+    """Run ``fn`` on a fresh thread (it may change the thread's namespaces)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def deliver(exc: BaseException | None) -> None:
+        if done.cancelled():
+            return
+        if exc is None:
+            done.set_result(None)
+        else:
+            done.set_exception(exc)
+
+    def body() -> None:
+        try:
+            fn()
+        except BaseException as exc:
+            loop.call_soon_threadsafe(deliver, exc)
+        else:
+            loop.call_soon_threadsafe(deliver, None)
+
+    threading.Thread(target=body, name="shoal-claim", daemon=True).start()
+    await done
+
+
+def _write_hosts(upper: Path, hostname: str) -> None:
+    """Name resolution of the sandbox's own hostname (sudo asks for it on every call)."""
+    (upper / "etc" / "hosts").write_text(
+        f"127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback {hostname}\n"
+    )
+
+
 class ContainerRuntime:
     def __init__(self, data_dir: Path, node_id: str, init_binary: Path, uid_base: int) -> None:
         raise_nofile_limit()
@@ -144,6 +212,14 @@ class ContainerRuntime:
     ) -> Container:
         d = self.dir_of(sandbox_id)
         await asyncio.to_thread(self._prepare, d, template_rootfs, hostname, limits.disk_mb)
+        self._write_config(sandbox_id, limits, hostname)
+        pid = await self.crun.run_detached(
+            sandbox_id, str(d / "bundle"), str(d / "init.pid"), str(d / "init.log")
+        )
+        return self._attach(sandbox_id, pid)
+
+    def _write_config(self, sandbox_id: str, limits: ContainerLimits, hostname: str) -> None:
+        d = self.dir_of(sandbox_id)
         spec = oci.SandboxSpec(
             sandbox_id=sandbox_id,
             rootfs=str(d / "rootfs"),
@@ -160,10 +236,54 @@ class ContainerRuntime:
         )
         config = oci.build_config(spec)
         (d / "bundle" / "config.json").write_text(json.dumps(config))
-        pid = await self.crun.run_detached(
-            sandbox_id, str(d / "bundle"), str(d / "init.pid"), str(d / "init.log")
+
+    # -- the warm pool -----------------------------------------------------------------
+
+    async def create_warm(self, template_rootfs: Path, limits: ContainerLimits) -> WarmContainer:
+        """Lay out and ``crun create`` a container of this shape under a fresh pool id;
+        on any failure leave nothing behind."""
+        cid = POOL_PREFIX + uuid.uuid4().hex[:12]
+        d = self.dir_of(cid)
+        try:
+            await asyncio.to_thread(self._prepare, d, template_rootfs, cid, limits.disk_mb)
+            self._write_config(cid, limits, cid)
+            pid = await self.crun.create(
+                cid, str(d / "bundle"), str(d / "init.pid"), str(d / "init.log")
+            )
+        except BaseException:
+            await self.destroy(cid)
+            raise
+        return WarmContainer(container_id=cid, pid=pid)
+
+    async def claim(self, warm: WarmContainer, sandbox_id: str, hostname: str) -> Container:
+        """Turn a warm container into sandbox ``sandbox_id`` and let its init exec. On
+        failure the caller destroys both ids."""
+        if self.dir_of(sandbox_id).exists():
+            raise RuntimeFailure(f"sandbox {sandbox_id} already exists on this node")
+        await _on_own_thread(functools.partial(self._claim, warm, sandbox_id, hostname))
+        container = self._attach(sandbox_id, warm.pid)
+        container.socket_name = socket_name_for(warm.container_id)
+        return container
+
+    def _claim(self, warm: WarmContainer, sandbox_id: str, hostname: str) -> None:
+        old, new = warm.container_id, sandbox_id
+        d = self.dir_of(new)
+        self.dir_of(old).rename(d)
+        (d / "pool_id").write_text(old)
+        self.crun.rename(
+            old,
+            new,
+            cgroup_path=self.cgroup_path(new),
+            bundle=str(d / "bundle"),
+            rootfs=str(d / "rootfs"),
         )
-        return self._attach(sandbox_id, pid)
+        for controller in CGROUP_ROOT.iterdir():
+            src = controller / self.cgroup_path(old).lstrip("/")
+            if src.is_dir() and not (src / "cgroup.controllers").exists():  # v1 only
+                src.rename(controller / self.cgroup_path(new).lstrip("/"))
+        _write_hosts(d / "disk" / "upper", hostname)
+        _set_hostname(warm.pid, hostname)
+        self.crun.start_now(new)
 
     def _prepare(self, d: Path, template_rootfs: Path, hostname: str, disk_mb: int) -> None:
         disk = d / "disk"
@@ -188,10 +308,7 @@ class ContainerRuntime:
         etc = upper / "etc"
         etc.mkdir(mode=0o755)
         hosts = etc / "hosts"
-        hosts.write_text(
-            f"127.0.0.1\tlocalhost {hostname}\n"
-            f"::1\tlocalhost ip6-localhost ip6-loopback {hostname}\n"
-        )
+        _write_hosts(upper, hostname)
         os.chmod(etc, 0o755)
         os.chmod(hosts, 0o644)
         os.chown(etc, self.uid_base, self.uid_base)
@@ -213,12 +330,15 @@ class ContainerRuntime:
             netns_fd=netns_fd,
         )
 
-    async def adopt(self, sandbox_id: str) -> Container | None:
+    async def adopt(self, sandbox_id: str, socket_name: str | None = None) -> Container | None:
         """Find a sandbox this node started before a restart; None if it is not running."""
         state = await self.crun.state(sandbox_id)
         if state is None or state.status != "running" or not state.pid:
             return None
-        return self._attach(sandbox_id, state.pid)
+        container = self._attach(sandbox_id, state.pid)
+        if socket_name:
+            container.socket_name = socket_name
+        return container
 
     async def list_containers(self) -> list[ContainerState]:
         return await self.crun.list()
@@ -257,7 +377,28 @@ class ContainerRuntime:
         cgroups; the sandbox's pid 1 dying takes its whole pid namespace with it."""
         await self.crun.delete(sandbox_id)
         d = self.dir_of(sandbox_id)
+        await asyncio.to_thread(self._remove_pool_cgroups, d)
         await asyncio.to_thread(self._remove_dir, d)
+
+    def _remove_pool_cgroups(self, d: Path) -> None:
+        """A sandbox claimed from the pool keeps its pool-named cgroup v2 directory."""
+        try:
+            pool_id = (d / "pool_id").read_text().strip()
+        except OSError:
+            return
+        if not pool_id.startswith(POOL_PREFIX) or "/" in pool_id:
+            return
+        rel = self.cgroup_path(pool_id).lstrip("/")
+        for controller in CGROUP_ROOT.iterdir():
+            cg = controller / rel
+            for attempt in range(50):
+                try:
+                    os.rmdir(cg)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:  # EBUSY until the killed processes are gone
+                    time.sleep(0.01 * (attempt + 1))
 
     @staticmethod
     def _remove_dir(d: Path) -> None:

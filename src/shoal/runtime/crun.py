@@ -114,6 +114,52 @@ class Crun:
         with open(pid_file) as f:  # noqa: ASYNC230 (a few bytes)
             return int(f.read().strip())
 
+    async def create(self, container_id: str, bundle: str, pid_file: str, log_file: str) -> int:
+        """``crun create``: set the container up (namespaces, mounts, cgroups) with its
+        process waiting on the state directory's ``exec.fifo``; return that process's pid.
+        :meth:`start` lets it exec the container's entry point."""
+        rc = await self._spawn(
+            ["create", "--pid-file", pid_file, "--bundle", bundle, container_id], log_file
+        )
+        if rc != 0:
+            with open(log_file, "rb") as f:  # noqa: ASYNC230 (failure path, small file)
+                tail = f.read()[-2000:].decode(errors="replace").strip()
+            raise RuntimeFailure(f"crun create failed: {tail}")
+        with open(pid_file) as f:  # noqa: ASYNC230 (a few bytes)
+            return int(f.read().strip())
+
+    def start_now(self, container_id: str) -> None:
+        """What ``crun start`` does, without a process: the created container's process
+        waits reading ``exec.fifo``; one byte written into it lets it exec its entry
+        point. Takes microseconds instead of a crun process's milliseconds."""
+        fifo = os.path.join(self.state_root, container_id, "exec.fifo")
+        try:
+            # Non-blocking: fails (ENXIO) rather than waits when nobody is reading.
+            fd = os.open(fifo, os.O_WRONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError as exc:
+            raise RuntimeFailure(f"container {container_id} is not waiting to start") from exc
+        try:
+            # Gone, crun's status reads "running" (as `crun start` leaves it).
+            os.unlink(fifo)
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+
+    def rename(self, old: str, new: str, *, cgroup_path: str, bundle: str, rootfs: str) -> None:
+        """Give a container another id: its state directory is named by the id, and its
+        ``status`` records the cgroup, bundle and rootfs paths ``kill``/``delete`` use."""
+        old_dir = os.path.join(self.state_root, old)
+        new_dir = os.path.join(self.state_root, new)
+        os.rename(old_dir, new_dir)
+        status_path = os.path.join(new_dir, "status")
+        with open(status_path) as f:
+            status = json.load(f)
+        status.update({"cgroup-path": cgroup_path, "bundle": bundle, "rootfs": rootfs})
+        tmp = status_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(status, f)
+        os.replace(tmp, status_path)
+
     async def state(self, container_id: str) -> ContainerState | None:
         rc, out, _ = await self._run("state", container_id, check=False)
         if rc != 0:
