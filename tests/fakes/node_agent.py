@@ -19,6 +19,8 @@ from starlette.routing import Route
 
 from shoal.client.node import NodeClient
 from shoal.wire.node.models import (
+    DEFAULT_CPU_COUNT,
+    DEFAULT_MEMORY_MB,
     NODE_TOKEN_HEADER,
     PREFIX,
     CreateSandboxRequest,
@@ -85,8 +87,9 @@ class FakeNode:
         return f"http://{self.node_id}.test"
 
     def info(self) -> NodeInfo:
-        cpu = sum(r.cpu_count for r in self.requests.values() if r.sandbox_id in self.sandboxes)
-        mem = sum(r.memory_mb for r in self.requests.values() if r.sandbox_id in self.sandboxes)
+        live = [r for r in self.requests.values() if r.sandbox_id in self.sandboxes]
+        cpu = sum(r.cpu_count or DEFAULT_CPU_COUNT for r in live)
+        mem = sum(r.memory_mb or DEFAULT_MEMORY_MB for r in live)
         return NodeInfo(
             node_id=self.node_id,
             address=self.address,

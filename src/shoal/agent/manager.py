@@ -17,18 +17,30 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from shoal.agent.sandbox import LocalSandbox
-from shoal.errors import CapacityExhausted, InvalidArgument, NotFound, RuntimeFailure, SandboxGone
+from shoal.agent.sandbox import SERVICE_METADATA, LocalSandbox, SandboxService, ServiceSpec
+from shoal.errors import (
+    CapacityExhausted,
+    Forbidden,
+    InvalidArgument,
+    InvalidStateTransition,
+    NotFound,
+    RuntimeFailure,
+    SandboxGone,
+)
 from shoal.runtime.container import Container, ContainerLimits, ContainerRuntime
-from shoal.runtime.initclient import connect_init
+from shoal.runtime.initclient import InitTooOld, connect_init
 from shoal.runtime.pool import WarmPool
-from shoal.template.store import TemplateStore
+from shoal.template.store import Template, TemplateStore
 from shoal.wire.node import CreateSandboxRequest, SandboxStatus
+from shoal.wire.node.models import DEFAULT_CPU_COUNT, DEFAULT_MEMORY_MB
 
 log = logging.getLogger(__name__)
 
 INIT_CONNECT_TIMEOUT = 5.0
+READY_TIMEOUT = 60.0
+"""How long a template's start command may take to answer on its ready port."""
 RECORD = "sandbox.json"
+SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 GoneListener = Callable[[str], None]
 AdoptedListener = Callable[[LocalSandbox], Awaitable[object]]
@@ -81,6 +93,9 @@ class SandboxManager:
             state="running",
             started_at=sbx.started_at,
             init_pid=sbx.container.init_pid,
+            cpu_count=sbx.cpu_count,
+            memory_mb=sbx.memory_mb,
+            disk_mb=sbx.disk_mb,
         )
 
     # -- create ------------------------------------------------------------------------
@@ -98,8 +113,13 @@ class SandboxManager:
             )
         self._starting.add(req.sandbox_id)
         container: Container | None = None
+        sbx: LocalSandbox | None = None
         try:
-            limits = ContainerLimits(req.cpu_count, req.memory_mb, req.disk_mb)
+            limits = ContainerLimits(
+                req.cpu_count or template.cpu_count or DEFAULT_CPU_COUNT,
+                req.memory_mb or template.memory_mb or DEFAULT_MEMORY_MB,
+                req.disk_mb,
+            )
             hostname = req.hostname or template.hostname
             warm = self.pool.take(template.rootfs, limits)
             if warm is not None:
@@ -128,12 +148,23 @@ class SandboxManager:
                 spawner=spawner,
                 container=container,
                 started_at=datetime.now(UTC),
-                cpu_count=req.cpu_count,
-                memory_mb=req.memory_mb,
+                cpu_count=limits.cpu_count,
+                memory_mb=limits.memory_mb,
                 disk_mb=req.disk_mb,
             )
+            sbx.service = self._service(sbx, template)
             self._write_record(sbx)
+            if sbx.service is not None:
+                sbx.service.start()
+                if not await sbx.service.wait_ready(container.netns_path, READY_TIMEOUT):
+                    raise RuntimeFailure(
+                        f"sandbox {req.sandbox_id}: the template's start command did not "
+                        f"answer on port {sbx.service.spec.ready_port}: "
+                        f"{sbx.service.output_tail(500)}"
+                    )
         except BaseException:
+            if sbx is not None and sbx.service is not None:
+                await sbx.service.close()
             if container is not None:
                 container.close()
             await self.runtime.destroy(req.sandbox_id)
@@ -159,6 +190,32 @@ class SandboxManager:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.02)
 
+    @staticmethod
+    def _service(sbx: LocalSandbox, template: Template) -> SandboxService | None:
+        """The template's start command as the template's user, in its workdir, with the
+        sandbox's variables (also handed over as JSON: envd's ``/envs`` is not reachable
+        from inside the sandbox)."""
+        if not template.start_cmd:
+            return None
+        user = sbx.lookup_user(template.default_user)
+        if user is None:
+            raise RuntimeFailure(
+                f"template {template.template_id}: user {template.default_user!r} not found"
+            )
+        env = {"PATH": SERVICE_PATH, "HOME": user.home, "USER": user.name, "LOGNAME": user.name}
+        env.update(sbx.env_vars)
+        env["SHOAL_INTERPRETER_SANDBOX_ENV"] = json.dumps(sbx.env_vars)
+        spec = ServiceSpec(
+            argv=["/bin/bash", "-c", template.start_cmd],
+            env=env,
+            cwd=template.default_workdir or user.home,
+            uid=user.uid,
+            gid=user.gid,
+            groups=list(user.groups),
+            ready_port=template.ready_port,
+        )
+        return SandboxService(sbx.sandbox_id, sbx.spawner, spec)
+
     def _write_record(self, sbx: LocalSandbox) -> None:
         record = {
             "sandbox_id": sbx.sandbox_id,
@@ -172,6 +229,7 @@ class SandboxManager:
             "memory_mb": sbx.memory_mb,
             "disk_mb": sbx.disk_mb,
             "socket_name": sbx.container.socket_name,
+            "service": sbx.service.spec.to_json() if sbx.service is not None else None,
         }
         path = self.runtime.dir_of(sbx.sandbox_id) / RECORD
         tmp = path.with_suffix(".tmp")
@@ -213,6 +271,8 @@ class SandboxManager:
                     listener(sandbox_id)
                 except Exception:  # a listener's bug must not leak the sandbox
                     log.exception("gone listener failed for %s", sandbox_id)
+            if sbx.service is not None:
+                await sbx.service.close()
             with contextlib.suppress(Exception):
                 await sbx.spawner.aclose()
             sbx.container.close()
@@ -238,6 +298,9 @@ class SandboxManager:
                 continue
             self._sandboxes[sandbox_id] = sbx
             self._watch(sbx)
+            if sbx.service is not None:
+                # Before envd's adoption: it would close the fds of a process not its own.
+                sbx.service.start(await self._find_service(sbx))
             for listener in self._adopted_listeners:
                 try:
                     await listener(sbx)
@@ -255,7 +318,7 @@ class SandboxManager:
             except Exception:
                 container.close()
                 return None
-            return LocalSandbox(
+            sbx = LocalSandbox(
                 sandbox_id=sandbox_id,
                 template_id=rec["template_id"],
                 access_token=rec["access_token"],
@@ -269,9 +332,34 @@ class SandboxManager:
                 memory_mb=rec["memory_mb"],
                 disk_mb=rec["disk_mb"],
             )
-        except (OSError, ValueError, KeyError, SandboxGone):
+            if rec.get("service"):
+                sbx.service = SandboxService(
+                    sandbox_id, spawner, ServiceSpec.from_json(rec["service"])
+                )
+            return sbx
+        except (OSError, ValueError, KeyError, TypeError, SandboxGone):
             log.exception("could not adopt sandbox %s", sandbox_id)
             return None
+
+    @staticmethod
+    async def _find_service(sbx: LocalSandbox) -> object | None:
+        """The start command a previous agent left running in ``sbx`` (None: start it again)."""
+        spawner = sbx.spawner
+        try:
+            pids = await spawner.list_pids()  # type: ignore[attr-defined]
+        except (SandboxGone, AttributeError):
+            return None
+        for pid in sorted(pids):
+            try:
+                handle = await spawner.adopt_process(pid)  # type: ignore[attr-defined]
+            except (NotFound, Forbidden, InvalidStateTransition, InitTooOld, SandboxGone):
+                continue
+            except RuntimeFailure:
+                log.exception("sandbox %s: could not look at pid %d", sbx.sandbox_id, pid)
+                continue
+            if handle.metadata == SERVICE_METADATA:
+                return handle
+        return None
 
     async def detach(self) -> None:
         """Agent shut-down: stop watching, keep every sandbox running for the next start;
@@ -280,6 +368,8 @@ class SandboxManager:
         for task in list(self._watchers):
             task.cancel()
         for sbx in list(self._sandboxes.values()):
+            if sbx.service is not None:
+                await sbx.service.close()
             with contextlib.suppress(Exception):
                 await sbx.spawner.aclose()
             sbx.container.close()

@@ -39,14 +39,12 @@ from shoal.store.base import (
     Store,
 )
 from shoal.wire.api.models import ListedSandbox, NewSandbox, Sandbox, SandboxDetail
-from shoal.wire.node.models import CreateSandboxRequest
+from shoal.wire.node.models import DEFAULT_CPU_COUNT, DEFAULT_MEMORY_MB, CreateSandboxRequest
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 
-DEFAULT_CPU_COUNT = 2
-DEFAULT_MEMORY_MB = 512
 DEFAULT_DISK_MB = 1024
 
 MAX_MAP_KEYS = 1000
@@ -198,13 +196,18 @@ class SandboxService:
         request = CreateSandboxRequest(
             sandbox_id=sandbox_id,
             template_id=template,
-            cpu_count=DEFAULT_CPU_COUNT,
-            memory_mb=DEFAULT_MEMORY_MB,
+            # None: the template's own (E2B takes them from the template); the node decides
+            # and reports what it applied.
+            cpu_count=None,
+            memory_mb=None,
             disk_mb=DEFAULT_DISK_MB,
             access_token=new_access_token(),
             env_vars=env,
             hostname=sandbox_id,
         )
+        # Placement counts the request's limits, or the defaults while the node decides.
+        cpu_count = request.cpu_count or DEFAULT_CPU_COUNT
+        memory_mb = request.memory_mb or DEFAULT_MEMORY_MB
         excluded: set[str] = set()
         last_error: errors.ShoalError | None = None
         while True:
@@ -214,8 +217,8 @@ class SandboxService:
                 self.registry.snapshot(usage),
                 PlacementRequest(
                     template_id=template,
-                    cpu_count=request.cpu_count,
-                    memory_mb=request.memory_mb,
+                    cpu_count=cpu_count,
+                    memory_mb=memory_mb,
                     now=now,
                     exclude=frozenset(excluded),
                 ),
@@ -238,8 +241,8 @@ class SandboxService:
                 client_id=node_id,
                 started_at=now,
                 end_at=now + timedelta(seconds=timeout),
-                cpu_count=request.cpu_count,
-                memory_mb=request.memory_mb,
+                cpu_count=cpu_count,
+                memory_mb=memory_mb,
                 disk_mb=request.disk_mb,
                 access_token=request.access_token,
                 metadata=metadata,
@@ -247,10 +250,10 @@ class SandboxService:
                 auto_pause=body.auto_pause,
                 allow_internet_access=body.allow_internet_access,
             )
-            with self.registry.reserve(node_id, request.cpu_count, request.memory_mb):
+            with self.registry.reserve(node_id, cpu_count, memory_mb):
                 await self.store.insert_sandbox(record)
                 try:
-                    await client.create_sandbox(request)
+                    status = await client.create_sandbox(request)
                 except (errors.CapacityExhausted, NodeUnreachable, errors.NotFound) as exc:
                     log.info("node %s refused sandbox %s: %s", node_id, sandbox_id, exc.message)
                     await self.store.delete_sandbox(sandbox_id)
@@ -273,6 +276,9 @@ class SandboxService:
                     state=SandboxState.RUNNING,
                     started_at=started,
                     end_at=started + timedelta(seconds=timeout),
+                    # What the node applied (the template's defaults, when not asked).
+                    cpu_count=status.cpu_count,
+                    memory_mb=status.memory_mb,
                     expect_states=frozenset({SandboxState.CREATING}),
                 )
             return self._sandbox(record)

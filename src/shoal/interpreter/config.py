@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 
@@ -14,6 +15,24 @@ def _float(name: str, default: float | None) -> float | None:
     return value if value > 0 else None
 
 
+SANDBOX_ENV_VAR = "SHOAL_INTERPRETER_SANDBOX_ENV"
+
+
+def sandbox_env_from_environ() -> dict[str, str] | None:
+    """The sandbox-level env vars the node agent handed over, or None."""
+    return _json_map(SANDBOX_ENV_VAR)
+
+
+def _json_map(name: str) -> dict[str, str] | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a JSON object")
+    return {str(k): str(v) for k, v in value.items()}
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = "0.0.0.0"
@@ -24,6 +43,9 @@ class Settings:
     keepalive_interval: float = 5.0
     #: envd base URL; sandbox-level env vars come from ``GET {envd_url}/envs``
     envd_url: str = "http://localhost:49983"
+    #: the sandbox-level env vars, when the node agent hands them over
+    #: (``SHOAL_INTERPRETER_SANDBOX_ENV``, a JSON object); None: ask envd
+    sandbox_env: dict[str, str] | None = None
     #: server-side cap on one execution (None: only the client's deadline applies)
     execution_timeout: float | None = None
     #: how long a kernel may take to become ready
@@ -48,6 +70,7 @@ class Settings:
             keepalive_interval=_float("SHOAL_INTERPRETER_KEEPALIVE", base.keepalive_interval)
             or base.keepalive_interval,
             envd_url=env("SHOAL_INTERPRETER_ENVD_URL", base.envd_url).rstrip("/"),
+            sandbox_env=sandbox_env_from_environ(),
             execution_timeout=_float(
                 "SHOAL_INTERPRETER_EXECUTION_TIMEOUT", base.execution_timeout
             ),

@@ -1,9 +1,11 @@
 """Environment variables (e2b-compat.md §5.4).
 
-Sandbox-level variables come from envd (``GET /envs`` with the caller's ``X-Access-Token``),
-fetched once and applied to a context at its first use. Per-execution variables are set before
-the execution and afterwards reset to the sandbox-level value or removed. Both are applied by a
-small language-specific snippet run silently in the kernel.
+Sandbox-level variables are handed over by the node agent that starts this server
+(``SHOAL_INTERPRETER_SANDBOX_ENV``, a JSON object); without it they come from envd (``GET /envs``
+with the caller's ``X-Access-Token``), fetched once. They are applied to a context at its first
+use. Per-execution variables are set before the execution and afterwards reset to the
+sandbox-level value or removed. Both are applied by a small language-specific snippet run
+silently in the kernel.
 """
 
 from __future__ import annotations
@@ -15,15 +17,21 @@ import shlex
 
 import httpx
 
+from shoal.interpreter.config import sandbox_env_from_environ
+
 log = logging.getLogger(__name__)
 
 
 class SandboxEnvs:
-    """The sandbox-level env vars, fetched from envd once (a failed fetch is retried next time)."""
+    """The sandbox-level env vars: the given ones, else fetched from envd once (a failed
+    fetch is retried next time)."""
 
-    def __init__(self, envd_url: str) -> None:
+    def __init__(self, envd_url: str, given: dict[str, str] | None = None) -> None:
+        """``given`` None: the ones in ``SHOAL_INTERPRETER_SANDBOX_ENV``, else envd's."""
         self._url = f"{envd_url}/envs"
-        self._value: dict[str, str] | None = None
+        if given is None:
+            given = sandbox_env_from_environ()
+        self._value: dict[str, str] | None = None if given is None else dict(given)
         self._warned = False
         self._lock = asyncio.Lock()
 

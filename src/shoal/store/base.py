@@ -161,6 +161,8 @@ class Store(Protocol):
         end_at: datetime | None = None,
         started_at: datetime | None = None,
         killed_at: datetime | None = None,
+        cpu_count: int | None = None,
+        memory_mb: int | None = None,
         expect_states: frozenset[SandboxState] | None = None,
     ) -> bool:
         """Change the given fields; False if the row is missing or not in ``expect_states``."""

@@ -399,6 +399,8 @@ class SqlStore:
         end_at: datetime | None = None,
         started_at: datetime | None = None,
         killed_at: datetime | None = None,
+        cpu_count: int | None = None,
+        memory_mb: int | None = None,
         expect_states: frozenset[SandboxState] | None = None,
     ) -> bool:
         params: dict[str, Any] = {"sid": sandbox_id}
@@ -410,6 +412,10 @@ class SqlStore:
             params["started_us"] = to_us(started_at)
         if killed_at is not None:
             params["killed_us"] = to_us(killed_at)
+        if cpu_count is not None:
+            params["cpu_count"] = cpu_count
+        if memory_mb is not None:
+            params["memory_mb"] = memory_mb
         if len(params) == 1:
             # Nothing to set: a no-op assignment still reports whether the row matched.
             params["sandbox_id"] = sandbox_id

@@ -8,6 +8,10 @@ from pydantic import BaseModel, Field
 
 NODE_TOKEN_HEADER = "X-Shoal-Node-Token"
 PREFIX = "/node/v1"
+DEFAULT_CPU_COUNT = 2
+"""A sandbox's vCPUs when neither the request nor its template says."""
+DEFAULT_MEMORY_MB = 512
+"""A sandbox's memory limit when neither the request nor its template says."""
 
 
 class NodeResources(BaseModel):
@@ -36,8 +40,10 @@ class CreateSandboxRequest(BaseModel):
 
     sandbox_id: str
     template_id: str
-    cpu_count: int
-    memory_mb: int
+    cpu_count: int | None = None
+    """vCPUs; None: the template's default (else the node's)."""
+    memory_mb: int | None = None
+    """Memory limit; None: the template's default (else the node's)."""
     disk_mb: int
     access_token: str | None
     env_vars: dict[str, str] = Field(default_factory=dict)
@@ -53,6 +59,10 @@ class SandboxStatus(BaseModel):
     started_at: datetime
     init_pid: int = 0
     """Host pid of the sandbox's pid 1 (diagnostics)."""
+    cpu_count: int | None = None
+    """The sandbox's actual limits (None from nodes that predate reporting them)."""
+    memory_mb: int | None = None
+    disk_mb: int | None = None
 
 
 class Heartbeat(BaseModel):
