@@ -27,8 +27,6 @@ the host only what it has written, at most about ``disk_mb``.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import fcntl
 import os
@@ -40,16 +38,7 @@ import uuid
 from pathlib import Path
 
 from shoal.errors import InvalidArgument, RuntimeFailure
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-_libc.mount.argtypes = [
-    ctypes.c_char_p,
-    ctypes.c_char_p,
-    ctypes.c_char_p,
-    ctypes.c_ulong,
-    ctypes.c_char_p,
-]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+from shoal.runtime.mounts import MS_NODEV, mount, unmount
 
 LOOP_CONTROL = "/dev/loop-control"
 LOOP_CTL_GET_FREE = 0x4C82
@@ -57,8 +46,6 @@ LOOP_CONFIGURE = 0x4C0A
 LO_FLAGS_AUTOCLEAR = 4
 LO_FLAGS_DIRECT_IO = 16
 BLOCK_SIZE = 4096
-MS_NODEV = 0x4
-MNT_DETACH = 2
 
 MIN_DISK_MB = 16
 """Smaller ext4 filesystems are mostly metadata."""
@@ -152,22 +139,9 @@ def mount_image(image: Path, target: Path) -> None:
     """Mount the ext4 image ``image`` on ``target`` through a new loop device."""
     dev, loop_fd = attach_loop(image)
     try:
-        rc = _libc.mount(dev.encode(), str(target).encode(), b"ext4", MS_NODEV, MOUNT_OPTIONS)
-        if rc != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"mount {dev} ({image}) on {target}: {os.strerror(err)}")
+        mount(dev, target, "ext4", MS_NODEV, MOUNT_OPTIONS)
     finally:
         os.close(loop_fd)  # the mount holds the device now; without it, it detaches
-
-
-def unmount(target: Path) -> None:
-    """Lazily unmount ``target`` (its loop device detaches once the filesystem is released);
-    a path that is not a mount point is fine."""
-    if _libc.umount2(str(target).encode(), MNT_DETACH) != 0:
-        err = ctypes.get_errno()
-        if err in (errno.EINVAL, errno.ENOENT):
-            return
-        raise OSError(err, f"umount {target}: {os.strerror(err)}")
 
 
 def _mkfs_binary() -> str:
