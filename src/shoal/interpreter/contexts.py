@@ -9,10 +9,15 @@ import uuid
 from shoal.interpreter import envs, events
 from shoal.interpreter.config import Settings
 from shoal.interpreter.execute import Control, Emit, KernelDied, KernelStuck, execute
-from shoal.interpreter.formatters import PYTHON_SETUP
+from shoal.interpreter.formatters import JS_SETUP, PYTHON_SETUP
 from shoal.interpreter.kernels import Kernel, KernelCatalog, KernelUnavailable, normalise
 
 log = logging.getLogger(__name__)
+
+
+#: languages run by tslab, which drops requests for 200 ms after an error (execQueue.reset)
+TSLAB_LANGUAGES = ("javascript", "typescript")
+TSLAB_ERROR_QUIET = 0.25
 
 
 class ContextNotFound(Exception):
@@ -33,18 +38,21 @@ class Context:
         self._running: Control | None = None
         self._setup_generation = 0
         self._env_generation = 0
+        #: tslab cancels whatever reaches it within 200 ms of a failed execution
+        self._quiet_until = 0.0
 
     def to_json(self) -> dict[str, str]:
         return {"id": self.id, "language": self.language, "cwd": self.cwd}
 
     async def setup(self) -> None:
-        """Per-start setup: E2B formatters in Python kernels."""
+        """Per-start setup: E2B formatters in Python kernels, result/error hooks in JS/TS."""
         if self._setup_generation == self.kernel.generation:
             return
-        if self.language == "python":
-            reply = await self.kernel.run_silent(PYTHON_SETUP)
+        setup = {"python": PYTHON_SETUP, "javascript": JS_SETUP, "typescript": JS_SETUP}
+        if self.language in setup:
+            reply = await self.kernel.run_silent(setup[self.language])
             if reply.get("status") != "ok":
-                log.warning("python setup failed: %s", reply.get("evalue"))
+                log.warning("%s setup failed: %s", self.language, reply.get("evalue"))
         self._setup_generation = self.kernel.generation
 
     async def _apply_sandbox_envs(self, token: str | None) -> dict[str, str]:
@@ -73,6 +81,7 @@ class Context:
                    emit: Emit, control: Control) -> None:
         kernel = self.kernel
         try:
+            await self._tslab_quiet()
             if not await kernel.is_alive():
                 await kernel.recover()
             await self.setup()
@@ -80,10 +89,20 @@ class Context:
             snippet = envs.set_snippet(self.language, env_vars)
             if snippet:
                 await kernel.run_silent(snippet)
+            failed = False
+
+            async def watch(event: events.Event) -> None:
+                nonlocal failed
+                failed = failed or event.get("type") == "error"
+                await emit(event)
+
             try:
-                await execute(kernel, code, emit, control)
+                await execute(kernel, code, watch, control)
             finally:
+                if failed and self.language in TSLAB_LANGUAGES:
+                    self._quiet_until = asyncio.get_running_loop().time() + TSLAB_ERROR_QUIET
                 if env_vars and await kernel.is_alive():
+                    await self._tslab_quiet()
                     for reset in envs.reset_snippets(self.language, env_vars, sandbox):
                         await kernel.run_silent(reset)
         except KernelDied:
@@ -103,6 +122,11 @@ class Context:
             await self._restart_quietly()
         except KernelUnavailable as exc:
             await emit(events.error("KernelUnavailable", str(exc), ""))
+
+    async def _tslab_quiet(self) -> None:
+        delay = self._quiet_until - asyncio.get_running_loop().time()
+        if delay > 0:
+            await asyncio.sleep(delay)
 
     async def _recover(self, emit: Emit) -> None:
         try:

@@ -14,6 +14,7 @@ from typing import Any
 
 from shoal.interpreter import events
 from shoal.interpreter.events import Event
+from shoal.interpreter.formatters import TSLAB_ERROR, TSLAB_MAIN_RESULT
 from shoal.interpreter.kernels import Kernel
 from shoal.interpreter.mime import bundle_to_fields
 
@@ -75,8 +76,15 @@ async def execute(
             await emit(events.output(content.get("name", "stdout"), content.get("text", ""),
                                      msg["header"].get("date")))
         elif kind in ("display_data", "update_display_data"):
-            await emit(events.result(bundle_to_fields(content.get("data", {})),
-                                     is_main_result=False))
+            data = dict(content.get("data", {}))
+            if isinstance(data.get(TSLAB_ERROR), dict):  # a JS/TS error (formatters.JS_SETUP)
+                err = data[TSLAB_ERROR]
+                error_sent = True
+                await emit(events.error(str(err.get("name", "Error")), str(err.get("value", "")),
+                                        str(err.get("traceback", ""))))
+            else:
+                main = data.pop(TSLAB_MAIN_RESULT, None) is not None
+                await emit(events.result(bundle_to_fields(data), is_main_result=main))
         elif kind == "execute_result":
             await emit(events.result(bundle_to_fields(content.get("data", {})),
                                      is_main_result=True))

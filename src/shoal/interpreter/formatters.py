@@ -5,6 +5,8 @@
 ``application/json``: plain dicts and lists. Every piece is skipped if its library is missing.
 """
 
+import json as _json
+
 PYTHON_SETUP = r'''
 def __shoal_setup():
     import json as _json
@@ -74,3 +76,66 @@ def __shoal_setup():
 __shoal_setup()
 del __shoal_setup
 '''
+
+
+#: display_data markers the JS/TS setup uses to hand over what tslab only prints
+TSLAB_MAIN_RESULT = "application/x-shoal-main-result"
+TSLAB_ERROR = "application/x-shoal-error"
+
+# tslab (the JS/TS kernel) prints a cell's last expression with ``console.log`` and a thrown
+# error with ``console.error``, both from its executor. This hooks the process's stdout/stderr
+# ``write`` (tslab reassigns it on every execution, so as an accessor) and turns writes that
+# come straight from the executor's ``execute`` into display data with a marker, which the
+# server maps to a main result and an ``error`` (e2b-compat.md §5.2). Run through an indirect
+# ``eval`` so that the same text type-checks in the TypeScript kernel.
+_TSLAB_HOOK = r"""
+(function (require) {
+  if (globalThis.__shoalTslabHook) return;
+  var key = Object.keys(require.cache || {}).find(function (k) {
+    return /[\\/]tslab[\\/]dist[\\/]jupyter\.js$/.test(k);
+  });
+  if (!key) return;
+  var jupyter = require.cache[key].exports;
+  globalThis.__shoalTslabHook = true;
+  function fromExecute() {
+    var frames = (new Error().stack || "").split("\n").slice(1);
+    for (var i = 0; i < frames.length; i++) {
+      var f = frames[i];
+      if (/node:|fromExecute|__shoalWrite/.test(f)) continue;
+      return /\bexecute \(.*[\\/]tslab[\\/]dist[\\/]executor\.js:/.test(f);
+    }
+    return false;
+  }
+  function asError(text) {
+    var lines = text.replace(/\s+$/, "").split("\n");
+    for (var i = 0; i < lines.length; i++) {
+      var m = /^([A-Za-z_$][\w$]*)(?: \[[^\]]*\])?: (.*)$/.exec(lines[i]);
+      if (m && (i + 1 === lines.length || /^\s+at /.test(lines[i + 1]))) {
+        return {name: m[1], value: m[2], traceback: text};
+      }
+    }
+    return {name: "Error", value: lines.join("\n"), traceback: text};
+  }
+  function hook(stream, convert) {
+    var inner = stream.write;
+    var wrapper = function __shoalWrite(chunk) {
+      if (typeof chunk === "string" && jupyter.lastWriteDisplayData && fromExecute()) {
+        jupyter.lastWriteDisplayData({data: convert(chunk), metadata: {}}, false);
+        return true;
+      }
+      return inner.apply(stream, arguments);
+    };
+    Object.defineProperty(stream, "write", {
+      configurable: true,
+      get: function () { return wrapper; },
+      set: function (value) { inner = value; }
+    });
+  }
+  hook(process.stdout, function (text) {
+    return {"text/plain": text.replace(/\n$/, ""), "MAIN": true};
+  });
+  hook(process.stderr, function (text) { return {"ERROR": asError(text)}; });
+})
+""".replace('"MAIN"', f'"{TSLAB_MAIN_RESULT}"').replace('"ERROR"', f'"{TSLAB_ERROR}"')
+
+JS_SETUP = f"globalThis.eval({_json.dumps(_TSLAB_HOOK)})(require);"

@@ -70,3 +70,61 @@ def _fake_import(env: dict[str, str]):  # type: ignore[no-untyped-def]
         environ = env
 
     return lambda name: _Os
+
+
+class _FakeKC:
+    """Replays one execution's iopub messages and its reply, as a kernel client would."""
+
+    def __init__(self, iopub: list[tuple[str, dict]], reply: dict) -> None:  # type: ignore[type-arg]
+        self._iopub = iopub
+        self._reply = reply
+
+    def execute(self, code: str, **_: object) -> str:
+        return "m1"
+
+    async def get_iopub_msg(self, **_: object) -> dict:  # type: ignore[type-arg]
+        kind, content = self._iopub.pop(0)
+        return {"msg_type": kind, "content": content, "header": {"date": None},
+                "parent_header": {"msg_id": "m1"}}
+
+    async def get_shell_msg(self, **_: object) -> dict:  # type: ignore[type-arg]
+        return {"content": self._reply, "parent_header": {"msg_id": "m1"}}
+
+
+class _FakeKernel:
+    def __init__(self, kc: _FakeKC) -> None:
+        self.kc = kc
+
+    async def is_alive(self) -> bool:
+        return True
+
+
+def _run(iopub: list[tuple[str, dict]], reply: dict) -> list[events.Event]:  # type: ignore[type-arg]
+    import asyncio
+
+    from shoal.interpreter.execute import Control, execute
+
+    seen: list[events.Event] = []
+
+    async def emit(event: events.Event) -> None:
+        seen.append(event)
+
+    async def main() -> None:
+        kernel = _FakeKernel(_FakeKC([*iopub, ("status", {"execution_state": "idle"})], reply))
+        await execute(kernel, "x", emit, Control(None, 1.0))  # type: ignore[arg-type]
+
+    asyncio.run(main())
+    return seen
+
+
+def test_tslab_markers_become_main_result_and_error() -> None:
+    from shoal.interpreter.formatters import TSLAB_ERROR, TSLAB_MAIN_RESULT
+
+    seen = _run([("display_data", {"data": {"text/plain": "42", TSLAB_MAIN_RESULT: True}})],
+                {"status": "ok"})
+    assert seen == [{"type": "result", "text": "42", "is_main_result": True, "extra": {}}]
+    error = {"name": "TypeError", "value": "boom", "traceback": "TypeError: boom\n    at x"}
+    seen = _run([("display_data", {"data": {TSLAB_ERROR: error}})], {"status": "error"})
+    assert seen == [{"type": "error", **error}]  # once, though the reply also says error
+    plain = _run([("display_data", {"data": {"text/plain": "shown"}})], {"status": "ok"})
+    assert [e["is_main_result"] for e in plain] == [False]
