@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.sandboxes import sandbox_factory as sandbox_factory_for
 from support.server import ShoalServer, scratch_dir, sdk_env
 
 pytestmark = [pytest.mark.sdk, pytest.mark.root]
@@ -39,22 +40,8 @@ def shoal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShoalServ
 @pytest.fixture
 def sandbox_factory(shoal_server: ShoalServer, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     """Create sandboxes with the sync SDK; kill them all when the test ends."""
-    from e2b import Sandbox
-
-    created: list[Sandbox] = []
-
-    def make(**kwargs):  # type: ignore[no-untyped-def]
-        kwargs.setdefault("metadata", {"test": request.node.name[:60]})
-        sbx = Sandbox.create(**kwargs)
-        created.append(sbx)
-        return sbx
-
-    yield make
-    for sbx in created:
-        try:
-            sbx.kill()
-        except Exception:
-            pass
+    with sandbox_factory_for(request.node.name) as make:
+        yield make
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from support.sandboxes import sandbox_factory
 from support.server import ShoalServer, scratch_dir, sdk_env
 
 
@@ -53,22 +54,8 @@ def make_sandbox(
     e2e_server: ShoalServer, request: pytest.FixtureRequest
 ) -> Iterator[Callable[..., Any]]:
     """Create sandboxes with the sync SDK; kill them all when the test ends."""
-    from e2b import Sandbox
-
-    created: list[Sandbox] = []
-
-    def make(**kwargs: Any) -> Sandbox:
-        kwargs.setdefault("metadata", {"test": request.node.name[:60]})
-        sbx = Sandbox.create(**kwargs)
-        created.append(sbx)
-        return sbx
-
-    yield make
-    for sbx in created:
-        try:
-            sbx.kill()
-        except Exception:
-            pass
+    with sandbox_factory(request.node.name) as make:
+        yield make
 
 
 @pytest.fixture(scope="module")
