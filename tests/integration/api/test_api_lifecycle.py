@@ -20,6 +20,17 @@ async def eventually(check: Callable[[], bool], within: float = 3.0) -> None:
             await asyncio.sleep(0.02)
 
 
+async def reaches_state(s: Stack, sid: str, state: SandboxState, within: float = 3.0) -> None:
+    """The node records the kill before the API records the outcome: poll the store."""
+    async with asyncio.timeout(within):
+        while True:
+            rec = await s.store.get_sandbox(sid)
+            assert rec is not None
+            if rec.state is state:
+                return
+            await asyncio.sleep(0.02)
+
+
 async def _status(s: Stack, sid: str) -> int:
     return (await s.http.get(f"/sandboxes/{sid}", headers=s.auth)).status_code
 
@@ -34,8 +45,7 @@ async def test_reaper_kills_an_expired_sandbox(make_stack: StackFactory) -> None
         s.clock.advance(2)
         await eventually(lambda: sid in node.killed)
         assert await _status(s, sid) == 404
-        rec = await s.store.get_sandbox(sid)
-        assert rec is not None and rec.state is SandboxState.KILLED
+        await reaches_state(s, sid, SandboxState.KILLED)
 
 
 async def test_set_timeout_zero_ends_the_sandbox_promptly(make_stack: StackFactory) -> None:
@@ -260,5 +270,4 @@ async def test_create_left_unfinished_by_a_dead_api_is_cleaned_up(
         s.clock.advance(11 * 60)
         await _heartbeat(s, node)
         await eventually(lambda: sid in node.killed)
-        rec = await s.store.get_sandbox(sid)
-        assert rec is not None and rec.state is SandboxState.KILLED
+        await reaches_state(s, sid, SandboxState.KILLED)
