@@ -16,7 +16,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TypeVar
 
-from bench import files, shoal
+from bench import files, interpreter, shoal
 from bench.baseline import CrunBaseline
 from bench.memory import MemoryCost
 from bench.server import ShoalServer, live_server, node_id_of
@@ -42,6 +42,11 @@ class Results:
     crun_idle: MemoryCost | None = None
     crun_detach: Latency | None = None
     files: files.FilesResults | None = None
+    ci_first: tuple[Latency, Latency] | None = None
+    ci_cold: Latency | None = None
+    ci_rt: Latency | None = None
+    ci_idle: MemoryCost | None = None
+    bare_kernel: interpreter.BareKernel | None = None
     failed: list[str] = field(default_factory=list)
 
 
@@ -105,12 +110,16 @@ def run_shoal(args: argparse.Namespace, results: Results) -> None:
         assert server.proc is not None
         if not args.files_only:
             run_shoal_sandboxes(args, results, server)
+            if not args.skip_ci:
+                run_interpreter(args, results, server)
         if not args.skip_files:
             results.files = files.measure_files(
                 server.data_dir.parent,
                 args.files_runs,
                 lambda name, fn: measure(results, name, fn),
             )
+    if not args.files_only and not args.skip_ci:
+        run_interpreter_cold(args, results)
 
 
 def run_shoal_sandboxes(args: argparse.Namespace, results: Results, server: ShoalServer) -> None:
@@ -132,6 +141,39 @@ def run_shoal_sandboxes(args: argparse.Namespace, results: Results, server: Shoa
         f"shoal {args.idle} idle sandboxes",
         lambda: shoal.idle_memory(args.idle, pid, node),
     )
+
+
+def run_interpreter(args: argparse.Namespace, results: Results, server: ShoalServer) -> None:
+    if not interpreter.template_exists(TEMPLATE.parent.parent):
+        log("template code-interpreter-v1 not built; code-interpreter rows skipped")
+        results.failed.append("code interpreter: template code-interpreter-v1 not built")
+        return
+    node = node_id_of(server)
+    results.bare_kernel = measure(
+        results, "bare jupyter_client kernel", lambda: interpreter.bare_kernel(args.rt_runs)
+    )
+    results.ci_first = measure(
+        results,
+        "shoal code interpreter create → first result",
+        lambda: interpreter.create_to_first_result(node, args.ci_runs),
+    )
+    results.ci_rt = measure(
+        results, "shoal run_code round trip", lambda: interpreter.run_code_round_trip(args.rt_runs)
+    )
+    results.ci_idle = measure(
+        results,
+        f"shoal {args.ci_idle} idle code-interpreter sandboxes",
+        lambda: interpreter.idle_memory(node, args.ci_idle),
+    )
+
+
+def run_interpreter_cold(args: argparse.Namespace, results: Results) -> None:
+    if interpreter.template_exists(TEMPLATE.parent.parent):
+        results.ci_cold = measure(
+            results,
+            "shoal code interpreter create → first result, no primed pool",
+            lambda: interpreter.cold_first_result(args.ci_cold_runs),
+        )
 
 
 # -- the table -------------------------------------------------------------------------------
@@ -259,9 +301,69 @@ def table(args: argparse.Namespace, r: Results) -> tuple[list[list[str]], list[s
         "baseline: `crun spec` + Shoal's user-namespace mapping, cgroup ns and limits, "
         "a fresh overlay on the same rootfs per container; no seccomp, no init"
     )
+    interpreter_rows(r, rows, notes)
     if r.files:
         files_rows(r.files, rows, notes)
     return rows, notes
+
+
+def interpreter_rows(r: Results, rows: list[list[str]], notes: list[str]) -> None:
+    na = "—"
+    first, cold, bare = r.ci_first, r.ci_cold, r.bare_kernel
+    if first is None and cold is None and r.ci_rt is None and r.ci_idle is None:
+        return
+    rows.append(
+        [
+            'code interpreter create → first `run_code("1+1")`, p50',
+            ms(first[0].p50) + mark(first[0].p50 <= 0.300) if first else na,
+            f"{ms(bare.start_to_first)} bare kernel start + first execute" if bare else na,
+            "≤ 300 ms",
+        ]
+    )
+    rows.append(
+        [
+            "the same without a primed pool (`SHOAL_PRIMED_POOL=0`), p50",
+            ms(cold.p50) if cold else na,
+            na,
+            na,
+        ]
+    )
+    if first:
+        notes.append(
+            f"code interpreter first result (n={first[0].n}, each from a full primed pool of "
+            f"{interpreter.PRIMED}): p90 {ms(first[0].p90)}, `Sandbox.create` alone p50 "
+            f"{ms(first[1].p50)}"
+            + (f"; without the pool (n={cold.n}) p90 {ms(cold.p90)}" if cold else "")
+        )
+    rt = r.ci_rt
+    rows.append(
+        [
+            '`run_code("1+1")` round trip, p50',
+            ms(rt.p50) + mark(rt.p50 <= 0.005) if rt else na,
+            f"{ms(bare.round_trip.p50)} bare `jupyter_client` execute" if bare else na,
+            "≤ 5 ms",
+        ]
+    )
+    if rt:
+        notes.append(
+            f"run_code round trip (n={rt.n}): p90 {ms(rt.p90)}"
+            + (f"; bare kernel p90 {ms(bare.round_trip.p90)}" if bare else "")
+        )
+    idle = r.ci_idle
+    rows.append(
+        [
+            "memory per idle code-interpreter sandbox (cgroup usage)",
+            mib(idle.cgroup_usage_each) if idle else na,
+            f"{mib(bare.rss)} RSS of one bare ipykernel" if bare else na,
+            na,
+        ]
+    )
+    if idle:
+        notes.append(
+            f"idle code interpreter (n={idle.count}, one `run_code` each; server, Python "
+            f"and JavaScript kernels): rss+cache {mib(idle.cgroup_rss_cache_each)}, kmem "
+            f"{mib(idle.cgroup_kmem_each)} each"
+        )
 
 
 def files_rows(f: files.FilesResults, rows: list[list[str]], notes: list[str]) -> None:
@@ -380,6 +482,12 @@ def main(argv: list[str] | None = None) -> int:
         "--files-only", action="store_true", help="only the files measurements (and baselines)"
     )
     parser.add_argument("--files-runs", type=int, default=5, help="files throughput runs (5)")
+    parser.add_argument("--skip-ci", action="store_true", help="no code-interpreter rows")
+    parser.add_argument("--ci-runs", type=int, default=10, help="code-interpreter firsts (10)")
+    parser.add_argument(
+        "--ci-cold-runs", type=int, default=5, help="firsts without a primed pool (5)"
+    )
+    parser.add_argument("--ci-idle", type=int, default=5, help="idle code interpreters (5)")
     args = parser.parse_args(argv)
 
     if os.geteuid() != 0:

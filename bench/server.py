@@ -23,13 +23,14 @@ from shoal.runtime import overlay  # noqa: E402
 
 
 @contextlib.contextmanager
-def live_server() -> Iterator[ShoalServer]:
-    """Start ``shoal serve``, point the SDK at it, and on the way out kill every sandbox,
-    stop the server and remove its data directory, crun state, cgroups and mounts."""
+def live_server(**settings: str) -> Iterator[ShoalServer]:
+    """Start ``shoal serve`` (``settings``: extra ``SHOAL_*`` variables), point the SDK at
+    it, and on the way out kill every sandbox, stop the server and remove its data
+    directory, crun state, cgroups and mounts."""
     node_id = "nodebench" + secrets.token_hex(3)
     server = ShoalServer(
         scratch_dir("bench"),
-        extra_env={"SHOAL_NODE_ID": node_id},
+        extra_env={"SHOAL_NODE_ID": node_id, **settings},
     )
     try:
         server.start()

@@ -98,7 +98,16 @@ class Settings:
     warm_pool: int = 4
     """Warm containers a node keeps per template shape (template, cpu, memory, disk), laid
     out and created ahead so a create only starts one; 0 disables the pool."""
+    primed_pool: int = 2
+    """Sandboxes a node keeps started per shape of templates with a start command (the
+    code interpreter), their start command already answering, so a create does not wait
+    for it (agent/primed.py); 0 disables it."""
     heartbeat_interval: float = 2.0
+    metrics_interval: float = 5.0
+    """Seconds between two samples of each sandbox's cpu, memory and disk (``get_metrics``);
+    E2B's resolution is 5 s, so keep it at most that."""
+    metrics_retention: float = 3600.0
+    """Seconds of samples a node keeps per sandbox (while the sandbox lives)."""
     node_dead_after: float = 10.0
     default_timeout: int = 300
     max_timeout: int = 24 * 3600

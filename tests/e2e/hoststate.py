@@ -15,6 +15,7 @@ its pool container (what a claimed sandbox leaves if its teardown forgot it) sti
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -188,6 +189,7 @@ def snapshot(data_dir: Path, server_pid: int) -> HostState:
     pool = _pool_ids(sandboxes, node_id)
     procs: set[str] = set()
     netns: set[str] = set()
+    pool_netns: set[str] = set()  # primed pool members run processes and have fds held
     server_tree = descendants(server_pid)
     for pid in _pids():
         cgroup = _read(f"/proc/{pid}/cgroup") or ""
@@ -196,6 +198,8 @@ def snapshot(data_dir: Path, server_pid: int) -> HostState:
         if not in_node and pid not in server_tree:
             continue
         if in_node and _in_pool(cgroup, marker, pool):
+            with contextlib.suppress(OSError):
+                pool_netns.add(os.readlink(f"/proc/{pid}/ns/net"))
             continue
         if in_node or (uid is not None and UID_BASE <= uid < UID_BASE + UID_RANGE):
             try:
@@ -214,6 +218,8 @@ def snapshot(data_dir: Path, server_pid: int) -> HostState:
             continue
         kind = _fd_kind(target)
         kinds[kind] = kinds.get(kind, 0) + 1
+        if target in pool_netns or any(target.startswith(f"{sandboxes}/{p}/") for p in pool):
+            continue
         if target.startswith("net:"):
             netns.add(target)
         if target.startswith((f"{sandboxes}/", "net:", "pid:", "mnt:", "user:")):

@@ -24,6 +24,7 @@ from shoal.wire.node.models import (
     NODE_TOKEN_HEADER,
     PREFIX,
     CreateSandboxRequest,
+    MetricSample,
     NodeInfo,
     NodeResources,
     SandboxStatus,
@@ -73,12 +74,17 @@ class FakeNode:
         self.sandboxes: dict[str, SandboxStatus] = {}
         self.requests: dict[str, CreateSandboxRequest] = {}
         self.killed: list[str] = []
+        self.samples: dict[str, list[MetricSample]] = {}
+        """Metric samples per sandbox, set by tests (the real agent samples cgroups)."""
+        self.metric_queries: list[dict[str, str]] = []
         self.app = Starlette(
             routes=[
                 Route(f"{PREFIX}/info", self._info, methods=["GET"]),
                 Route(f"{PREFIX}/sandboxes", self._list, methods=["GET"]),
                 Route(f"{PREFIX}/sandboxes", self._create, methods=["POST"]),
                 Route(f"{PREFIX}/sandboxes/{{sandbox_id}}", self._kill, methods=["DELETE"]),
+                Route(f"{PREFIX}/sandboxes/{{sandbox_id}}/metrics", self._metrics, methods=["GET"]),
+                Route(f"{PREFIX}/metrics", self._latest_metrics, methods=["GET"]),
             ]
         )
 
@@ -156,6 +162,27 @@ class FakeNode:
             return _error(404, f"sandbox {sandbox_id} not found on this node")
         self.killed.append(sandbox_id)
         return Response(status_code=204)
+
+    async def _metrics(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return _error(401, "invalid node token")
+        sandbox_id = request.path_params["sandbox_id"]
+        if sandbox_id not in self.sandboxes:
+            return _error(404, f"sandbox {sandbox_id} not found on this node")
+        self.metric_queries.append(dict(request.query_params))
+        start = int(request.query_params.get("start", 0))
+        end = int(request.query_params.get("end", 2**62))
+        found = [s for s in self.samples.get(sandbox_id, []) if start <= int(s.timestamp) <= end]
+        return JSONResponse([s.model_dump(mode="json") for s in found])
+
+    async def _latest_metrics(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return _error(401, "invalid node token")
+        ids = request.query_params.get("sandbox_ids", "").split(",")
+        latest = {
+            i: self.samples[i][-1] for i in ids if i in self.sandboxes and self.samples.get(i)
+        }
+        return JSONResponse({i: s.model_dump(mode="json") for i, s in latest.items()})
 
 
 __all__ = ["FakeNode"]

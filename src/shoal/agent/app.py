@@ -6,6 +6,7 @@ is data plane; everything else is the node protocol, guarded by the node token.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 from typing import TYPE_CHECKING, Any
@@ -16,9 +17,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router
 from starlette.types import Receive, Scope, Send
 
+from shoal.agent.metrics import Sample
 from shoal.errors import InvalidArgument, NotFound, RuntimeFailure, ShoalError, Unauthenticated
 from shoal.proxy.routing import route_of
-from shoal.wire.node import CreateSandboxRequest
+from shoal.wire.node import CreateSandboxRequest, MetricSample
 from shoal.wire.node.models import NODE_TOKEN_HEADER, PREFIX
 
 if TYPE_CHECKING:
@@ -30,6 +32,23 @@ def _error(exc: ShoalError) -> JSONResponse:
     if exc.error_code:
         body["error_code"] = exc.error_code
     return JSONResponse(body, status_code=exc.status)
+
+
+def _unix_seconds(request: Request, name: str) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidArgument(f"{name} must be Unix seconds, got {raw!r}") from None
+    if value < 0:
+        raise InvalidArgument(f"{name} must not be negative (got {value})")
+    return value
+
+
+def _wire_sample(sample: Sample) -> dict[str, Any]:
+    return MetricSample(**dataclasses.asdict(sample)).model_dump(mode="json")
 
 
 def build_node_api(agent: NodeAgent) -> Router:
@@ -55,12 +74,28 @@ def build_node_api(agent: NodeAgent) -> Router:
             raise NotFound(f"sandbox {sandbox_id} not found on this node")
         return Response(status_code=204)
 
+    async def sandbox_metrics(request: Request) -> Response:
+        sandbox_id = request.path_params["sandbox_id"]
+        if agent.manager.get(sandbox_id) is None:
+            raise NotFound(f"sandbox {sandbox_id} not found on this node")
+        start, end = _unix_seconds(request, "start"), _unix_seconds(request, "end")
+        samples = agent.metrics.samples(sandbox_id, start, end)
+        return JSONResponse([_wire_sample(s) for s in samples])
+
+    async def latest_metrics(request: Request) -> Response:
+        """The newest sample of each listed sandbox this node has one for."""
+        ids = [i for i in request.query_params.get("sandbox_ids", "").split(",") if i]
+        latest = {i: agent.metrics.latest(i) for i in ids if agent.manager.get(i) is not None}
+        return JSONResponse({i: _wire_sample(s) for i, s in latest.items() if s is not None})
+
     return Router(
         routes=[
             Route(f"{PREFIX}/info", info, methods=["GET"]),
             Route(f"{PREFIX}/sandboxes", list_sandboxes, methods=["GET"]),
             Route(f"{PREFIX}/sandboxes", create_sandbox, methods=["POST"]),
             Route(f"{PREFIX}/sandboxes/{{sandbox_id}}", kill_sandbox, methods=["DELETE"]),
+            Route(f"{PREFIX}/sandboxes/{{sandbox_id}}/metrics", sandbox_metrics, methods=["GET"]),
+            Route(f"{PREFIX}/metrics", latest_metrics, methods=["GET"]),
         ]
     )
 

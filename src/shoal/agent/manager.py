@@ -17,7 +17,9 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from shoal.agent.primed import PrimedPool, PrimedSandbox, hand_over, with_sandbox_env
 from shoal.agent.sandbox import SERVICE_METADATA, LocalSandbox, SandboxService, ServiceSpec
+from shoal.agent.users import lookup_user
 from shoal.errors import (
     CapacityExhausted,
     Forbidden,
@@ -30,6 +32,7 @@ from shoal.errors import (
 from shoal.runtime.container import Container, ContainerLimits, ContainerRuntime
 from shoal.runtime.initclient import InitTooOld, connect_init
 from shoal.runtime.pool import WarmPool
+from shoal.runtime.process import ProcessSpawner
 from shoal.template.store import Template, TemplateStore
 from shoal.wire.node import CreateSandboxRequest, SandboxStatus
 from shoal.wire.node.models import DEFAULT_CPU_COUNT, DEFAULT_MEMORY_MB
@@ -54,9 +57,13 @@ class SandboxManager:
         *,
         max_sandboxes: int = 2000,
         warm_pool: int = 0,
+        primed_pool: int = 0,
     ) -> None:
         self.runtime = runtime
         self.pool = WarmPool(runtime, warm_pool)
+        self.primed = PrimedPool(
+            primed_pool, runtime, templates.resolve, self._connect, service_for, READY_TIMEOUT
+        )
         self.templates = templates
         self.max_sandboxes = max_sandboxes
         self._sandboxes: dict[str, LocalSandbox] = {}
@@ -121,30 +128,41 @@ class SandboxManager:
                 req.disk_mb,
             )
             hostname = req.hostname or template.hostname
-            warm = self.pool.take(template.rootfs, limits)
-            if warm is not None:
-                try:
-                    container = await self.runtime.claim(warm, req.sandbox_id, hostname)
-                except Exception:
-                    # A broken warm container costs this create the cold path, not a failure.
-                    log.exception("could not claim warm container %s", warm.container_id)
-                    await self.runtime.destroy(warm.container_id)
-                    await self.runtime.destroy(req.sandbox_id)
-                except BaseException:
-                    await self.runtime.destroy(warm.container_id)
-                    raise
+            env_vars = {**template.env, **req.env_vars}
+            spawner: ProcessSpawner | None = None
+            service: SandboxService | None = None
+            if template.start_cmd:
+                primed = self.primed.take((template.template_id, template.rootfs, limits))
+                if primed is not None:
+                    claimed = await self._claim_primed(primed, req.sandbox_id, hostname, env_vars)
+                    if claimed is not None:
+                        container, spawner, service = claimed
+            if container is None:
+                warm = self.pool.take((template.rootfs, limits))
+                if warm is not None:
+                    try:
+                        container = await self.runtime.claim(warm, req.sandbox_id, hostname)
+                    except Exception:
+                        # A broken warm container costs this create the cold path, not a failure.
+                        log.exception("could not claim warm container %s", warm.container_id)
+                        await self.runtime.destroy(warm.container_id)
+                        await self.runtime.destroy(req.sandbox_id)
+                    except BaseException:
+                        await self.runtime.destroy(warm.container_id)
+                        raise
             if container is None:
                 container = await self.runtime.start(
                     req.sandbox_id, template.rootfs, limits, hostname
                 )
-            spawner = await self._connect(container)
+            if spawner is None:
+                spawner = await self._connect(container)
             sbx = LocalSandbox(
                 sandbox_id=req.sandbox_id,
                 template_id=req.template_id,
                 access_token=req.access_token,
                 default_user=template.default_user,
                 default_workdir=template.default_workdir,
-                env_vars={**template.env, **req.env_vars},
+                env_vars=env_vars,
                 spawner=spawner,
                 container=container,
                 started_at=datetime.now(UTC),
@@ -152,9 +170,14 @@ class SandboxManager:
                 memory_mb=limits.memory_mb,
                 disk_mb=req.disk_mb,
             )
-            sbx.service = self._service(sbx, template)
-            self._write_record(sbx)
-            if sbx.service is not None:
+            if service is not None:  # primed: running and ready
+                sbx.service = service
+                self._write_record(sbx)
+            elif template.start_cmd:
+                sbx.service = service_for(
+                    template, container, spawner, env_vars, req.sandbox_id
+                )
+                self._write_record(sbx)
                 sbx.service.start()
                 if not await sbx.service.wait_ready(container.netns_path, READY_TIMEOUT):
                     raise RuntimeFailure(
@@ -162,6 +185,8 @@ class SandboxManager:
                         f"answer on port {sbx.service.spec.ready_port}: "
                         f"{sbx.service.output_tail(500)}"
                     )
+            else:
+                self._write_record(sbx)
         except BaseException:
             if sbx is not None and sbx.service is not None:
                 await sbx.service.close()
@@ -190,31 +215,40 @@ class SandboxManager:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.02)
 
-    @staticmethod
-    def _service(sbx: LocalSandbox, template: Template) -> SandboxService | None:
-        """The template's start command as the template's user, in its workdir, with the
-        sandbox's variables (also handed over as JSON: envd's ``/envs`` is not reachable
-        from inside the sandbox)."""
-        if not template.start_cmd:
+    async def _claim_primed(
+        self, primed: PrimedSandbox, sandbox_id: str, hostname: str, env_vars: dict[str, str]
+    ) -> tuple[Container, ProcessSpawner, SandboxService] | None:
+        """Make a primed sandbox ``sandbox_id`` and hand it its variables; None (and nothing
+        left behind) if that fails: the create goes on the slower way."""
+        service = primed.service
+        try:
+            container = await self.runtime.claim(primed.warm, sandbox_id, hostname, started=True)
+        except Exception:
+            log.exception("could not claim primed sandbox %s", primed.warm.container_id)
+            await self.primed.discard(primed)
+            await self.runtime.destroy(sandbox_id)
             return None
-        user = sbx.lookup_user(template.default_user)
-        if user is None:
-            raise RuntimeFailure(
-                f"template {template.template_id}: user {template.default_user!r} not found"
-            )
-        env = {"PATH": SERVICE_PATH, "HOME": user.home, "USER": user.name, "LOGNAME": user.name}
-        env.update(sbx.env_vars)
-        env["SHOAL_INTERPRETER_SANDBOX_ENV"] = json.dumps(sbx.env_vars)
-        spec = ServiceSpec(
-            argv=["/bin/bash", "-c", template.start_cmd],
-            env=env,
-            cwd=template.default_workdir or user.home,
-            uid=user.uid,
-            gid=user.gid,
-            groups=list(user.groups),
-            ready_port=template.ready_port,
-        )
-        return SandboxService(sbx.sandbox_id, sbx.spawner, spec)
+        except BaseException:
+            await self.primed.discard(primed)
+            raise
+        primed.container.close()
+        service.sandbox_id = sandbox_id
+        service.spec = with_sandbox_env(service.spec, env_vars)
+        try:
+            if service.spec.ready_port is not None:
+                await hand_over(container.netns_path, service.spec.ready_port, env_vars)
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                log.exception("sandbox %s: primed start command failed", sandbox_id)
+            await service.close()
+            with contextlib.suppress(Exception):
+                await primed.spawner.aclose()  # type: ignore[attr-defined]
+            container.close()
+            await self.runtime.destroy(sandbox_id)
+            if not isinstance(exc, Exception):
+                raise
+            return None
+        return container, primed.spawner, service
 
     def _write_record(self, sbx: LocalSandbox) -> None:
         record = {
@@ -363,7 +397,8 @@ class SandboxManager:
 
     async def detach(self) -> None:
         """Agent shut-down: stop watching, keep every sandbox running for the next start;
-        remove the warm pool."""
+        remove the warm pools."""
+        await self.primed.close()
         await self.pool.close()
         for task in list(self._watchers):
             task.cancel()
@@ -377,6 +412,34 @@ class SandboxManager:
 
     async def kill_all(self) -> None:
         await asyncio.gather(*(self.kill(s) for s in list(self._sandboxes)), return_exceptions=True)
+
+
+def service_for(
+    template: Template,
+    container: Container,
+    spawner: object,
+    env_vars: dict[str, str],
+    sandbox_id: str,
+) -> SandboxService:
+    """The template's start command as the template's user, in its workdir, with the
+    sandbox's variables (also handed over as JSON: envd's ``/envs`` is not reachable from
+    inside the sandbox)."""
+    user = lookup_user(container.fs, template.default_user)
+    if user is None:
+        raise RuntimeFailure(
+            f"template {template.template_id}: user {template.default_user!r} not found"
+        )
+    env = {"PATH": SERVICE_PATH, "HOME": user.home, "USER": user.name, "LOGNAME": user.name}
+    spec = ServiceSpec(
+        argv=["/bin/bash", "-c", template.start_cmd or ""],
+        env=env,
+        cwd=template.default_workdir or user.home,
+        uid=user.uid,
+        gid=user.gid,
+        groups=list(user.groups),
+        ready_port=template.ready_port,
+    )
+    return SandboxService(sandbox_id, spawner, with_sandbox_env(spec, env_vars))
 
 
 __all__ = ["NotFound", "SandboxManager"]

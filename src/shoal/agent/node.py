@@ -11,6 +11,7 @@ from pathlib import Path
 
 from shoal.agent.dataplane import DataPlane
 from shoal.agent.manager import SandboxManager
+from shoal.agent.metrics import HostUsageReader, MetricsSampler, manager_targets
 from shoal.config import Settings
 from shoal.envd.app import build_envd_app
 from shoal.ids import new_node_id
@@ -69,6 +70,7 @@ class NodeAgent:
             self.templates,
             max_sandboxes=settings.max_sandboxes_per_node,
             warm_pool=settings.warm_pool,
+            primed_pool=settings.primed_pool,
         )
         self.envd = build_envd_app(self.manager)
         self.manager.on_gone(self.envd.forget)
@@ -76,6 +78,14 @@ class NodeAgent:
         # followed and reported again (their init kept their output fds and metadata).
         self.manager.on_adopted(self.envd.processes.adopt_processes)
         self.dataplane = DataPlane(self.manager, self.envd)
+        self.metrics = MetricsSampler(
+            manager_targets(self.manager),
+            HostUsageReader(self.runtime),
+            interval=settings.metrics_interval,
+            retention=settings.metrics_retention,
+        )
+        self.manager.on_gone(self.metrics.forget)
+        self._metrics_task: asyncio.Task[None] | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._hb_task: asyncio.Task[None] | None = None
         self._started = False
@@ -115,6 +125,9 @@ class NodeAgent:
             return
         self._started = True
         await self.manager.adopt()
+        self._metrics_task = asyncio.get_running_loop().create_task(
+            self.metrics.run(), name=f"shoal-metrics-{self.node_id}"
+        )
         if self._send_heartbeat is not None:
             await self._beat()
             self._hb_task = asyncio.get_running_loop().create_task(self._heartbeat_loop())
@@ -132,6 +145,11 @@ class NodeAgent:
             await self._beat()
 
     async def stop(self, *, kill_sandboxes: bool = False) -> None:
+        if self._metrics_task is not None:
+            self._metrics_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._metrics_task
+            self._metrics_task = None
         if self._hb_task is not None:
             self._hb_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

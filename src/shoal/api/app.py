@@ -22,9 +22,10 @@ from shoal import __version__
 from shoal.api.bootstrap import bootstrap
 from shoal.api.errors import install_error_handlers
 from shoal.api.liveness import Liveness
+from shoal.api.metrics import MetricsService
 from shoal.api.reaper import Reaper
 from shoal.api.registry import NodeRegistry
-from shoal.api.routes import health, nodes, sandboxes
+from shoal.api.routes import health, metrics, nodes, sandboxes
 from shoal.api.service import Clock, SandboxService, utcnow
 from shoal.config import Settings
 from shoal.store.base import Store
@@ -76,10 +77,12 @@ def build_api_app(
     app.state.store = store
     app.state.registry = registry
     app.state.service = service
+    app.state.metrics = MetricsService(service)
     app.state.reaper = reaper
     app.state.liveness = liveness
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(metrics.router)  # before sandboxes: /sandboxes/metrics
     app.include_router(sandboxes.router)
     app.include_router(nodes.router)
     return app

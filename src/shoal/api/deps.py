@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from shoal.api.auth import team_for_request
+from shoal.api.metrics import MetricsService
 from shoal.api.service import SandboxService
 
 
@@ -15,7 +16,13 @@ def get_service(request: Request) -> SandboxService:
     return service
 
 
+def get_metrics(request: Request) -> MetricsService:
+    metrics: MetricsService = request.app.state.metrics
+    return metrics
+
+
 Team = Annotated[str, Depends(team_for_request)]
 Service = Annotated[SandboxService, Depends(get_service)]
+Metrics = Annotated[MetricsService, Depends(get_metrics)]
 
-__all__ = ["Service", "Team", "get_service"]
+__all__ = ["Metrics", "Service", "Team", "get_metrics", "get_service"]

@@ -138,6 +138,11 @@ class SandboxService:
             raise errors.SandboxNotFound(sandbox_id)
         return rec
 
+    async def visible(self, team_id: str, sandbox_id: str) -> SandboxRecord:
+        """The sandbox's record if its team may see it (``SandboxNotFound`` otherwise); for
+        the services beside this one (metrics)."""
+        return await self._visible(team_id, sandbox_id)
+
     def _sandbox(self, rec: SandboxRecord) -> Sandbox:
         return Sandbox(
             templateID=rec.template_id,

@@ -20,6 +20,7 @@ from shoal.wire.node.models import (
     NODE_TOKEN_HEADER,
     PREFIX,
     CreateSandboxRequest,
+    MetricSample,
     NodeInfo,
     SandboxStatus,
 )
@@ -47,6 +48,8 @@ _STATUS_ERRORS: dict[int, type[errors.ShoalError]] = {
 _M = TypeVar("_M", NodeInfo, SandboxStatus)
 
 _STATUS_LIST = TypeAdapter(list[SandboxStatus])
+_SAMPLE_LIST = TypeAdapter(list[MetricSample])
+_LATEST_SAMPLES = TypeAdapter(dict[str, MetricSample])
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, read=120.0)
 """Create answers only once envd can serve, so reads wait long; connects do not."""
@@ -139,6 +142,27 @@ class NodeClient:
             return _STATUS_LIST.validate_json(response.content)
         except ValidationError as exc:
             raise NodeUnreachable(f"node {self.base_url} sent a malformed sandbox list") from exc
+
+    async def sandbox_metrics(
+        self, sandbox_id: str, start: int | None = None, end: int | None = None
+    ) -> list[MetricSample]:
+        """The samples of a sandbox whose whole second is in ``[start, end]`` (Unix seconds,
+        None = open), oldest first. ``errors.NotFound`` if the node does not have it."""
+        params = {k: v for k, v in (("start", start), ("end", end)) if v is not None}
+        response = await self._request("GET", f"/sandboxes/{sandbox_id}/metrics", params=params)
+        try:
+            return _SAMPLE_LIST.validate_json(response.content)
+        except ValidationError as exc:
+            raise NodeUnreachable(f"node {self.base_url} sent malformed metrics") from exc
+
+    async def latest_metrics(self, sandbox_ids: list[str]) -> dict[str, MetricSample]:
+        """The newest sample of each of ``sandbox_ids`` the node has one for."""
+        params = {"sandbox_ids": ",".join(sandbox_ids)}
+        response = await self._request("GET", "/metrics", params=params)
+        try:
+            return _LATEST_SAMPLES.validate_json(response.content)
+        except ValidationError as exc:
+            raise NodeUnreachable(f"node {self.base_url} sent malformed metrics") from exc
 
 
 def _parse(model: type[_M], response: httpx.Response) -> _M:

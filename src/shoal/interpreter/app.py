@@ -195,6 +195,18 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             return PlainTextResponse(str(exc), status_code=404)
         return JSONResponse(None)
 
+    async def provide_env(request: Request) -> Response:
+        """The node agent hands over the sandbox's variables to a server started before the
+        sandbox was handed out (a primed sandbox)."""
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise TypeError("expected a JSON object")
+        except (ValueError, TypeError) as exc:
+            return PlainTextResponse(f"Invalid request: {exc}", status_code=422)
+        reg().sandbox_envs.provide({str(k): str(v) for k, v in body.items()})
+        return Response(status_code=204)
+
     return Starlette(
         routes=[
             Route("/health", health, methods=["GET"]),
@@ -203,6 +215,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             Route("/contexts", list_contexts, methods=["GET"]),
             Route("/contexts/{context_id}/restart", restart_context, methods=["POST"]),
             Route("/contexts/{context_id}", remove_context, methods=["DELETE"]),
+            Route("/shoal/env", provide_env, methods=["PUT"]),
         ],
         lifespan=lifespan,
     )

@@ -37,7 +37,10 @@ class Context:
         self._lock = asyncio.Lock()
         self._running: Control | None = None
         self._setup_generation = 0
-        self._env_generation = 0
+        #: (kernel generation, sandbox env version) the sandbox variables were applied at,
+        #: and what was applied
+        self._env_applied_at: tuple[int, int] | None = None
+        self._env_applied: dict[str, str] = {}
         #: tslab cancels whatever reaches it within 200 ms of a failed execution
         self._quiet_until = 0.0
 
@@ -59,11 +62,18 @@ class Context:
         values = await self._sandbox_envs.get(token)
         if values is None:
             return {}
-        if self._env_generation != self.kernel.generation:
+        at = (self.kernel.generation, self._sandbox_envs.version)
+        if self._env_applied_at != at:
+            if self._env_applied_at is not None and self._env_applied_at[0] == at[0]:
+                # the same kernel, variables handed over since: drop the ones that went
+                gone = [k for k in self._env_applied if k not in values]
+                snippet = envs.unset_snippet(self.language, gone)
+                if snippet:
+                    await self.kernel.run_silent(snippet)
             snippet = envs.set_snippet(self.language, values)
             if snippet:
                 await self.kernel.run_silent(snippet)
-            self._env_generation = self.kernel.generation
+            self._env_applied_at, self._env_applied = at, dict(values)
         return values
 
     async def run(self, code: str, env_vars: dict[str, str] | None, token: str | None,

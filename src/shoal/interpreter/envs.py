@@ -2,10 +2,12 @@
 
 Sandbox-level variables are handed over by the node agent that starts this server
 (``SHOAL_INTERPRETER_SANDBOX_ENV``, a JSON object); without it they come from envd (``GET /envs``
-with the caller's ``X-Access-Token``), fetched once. They are applied to a context at its first
-use. Per-execution variables are set before the execution and afterwards reset to the
-sandbox-level value or removed. Both are applied by a small language-specific snippet run
-silently in the kernel.
+with the caller's ``X-Access-Token``), fetched once. A server started before its sandbox was
+handed out (the node's primed pool) gets them later, once, through ``PUT /shoal/env``
+(:meth:`SandboxEnvs.provide`). They are applied to a context at its first use, and again
+after its kernel restarts or the variables are handed over. Per-execution variables are set
+before the execution and afterwards reset to the sandbox-level value or removed. Both are
+applied by a small language-specific snippet run silently in the kernel.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import shlex
 
 import httpx
@@ -34,6 +37,18 @@ class SandboxEnvs:
         self._value: dict[str, str] | None = None if given is None else dict(given)
         self._warned = False
         self._lock = asyncio.Lock()
+        #: bumped whenever the value changes: contexts apply the variables again
+        self.version = 0
+
+    def provide(self, values: dict[str, str]) -> None:
+        """Take the variables from the node agent. Kernels started from now on inherit them
+        (this process's environment); running ones get them at their next execution."""
+        for name in self._value or {}:
+            if name not in values:
+                os.environ.pop(name, None)
+        os.environ.update(values)
+        self._value = dict(values)
+        self.version += 1
 
     async def get(self, access_token: str | None) -> dict[str, str] | None:
         """The variables, or None when envd could not be asked (try again next time)."""

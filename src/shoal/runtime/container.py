@@ -255,17 +255,29 @@ class ContainerRuntime:
             raise
         return WarmContainer(container_id=cid, pid=pid)
 
-    async def claim(self, warm: WarmContainer, sandbox_id: str, hostname: str) -> Container:
-        """Turn a warm container into sandbox ``sandbox_id`` and let its init exec. On
-        failure the caller destroys both ids."""
+    def start_warm(self, warm: WarmContainer) -> Container:
+        """Let a warm container's init exec under its pool id (for pools whose containers
+        run something before they are claimed); claim it later with ``started=True``."""
+        self.crun.start_now(warm.container_id)
+        return self._attach(warm.container_id, warm.pid)
+
+    async def claim(
+        self, warm: WarmContainer, sandbox_id: str, hostname: str, *, started: bool = False
+    ) -> Container:
+        """Turn a warm container into sandbox ``sandbox_id`` and (unless ``started`` by
+        :meth:`start_warm`) let its init exec. On failure the caller destroys both ids."""
         if self.dir_of(sandbox_id).exists():
             raise RuntimeFailure(f"sandbox {sandbox_id} already exists on this node")
-        await _on_own_thread(functools.partial(self._claim, warm, sandbox_id, hostname))
+        await _on_own_thread(
+            functools.partial(self._claim, warm, sandbox_id, hostname, started=started)
+        )
         container = self._attach(sandbox_id, warm.pid)
         container.socket_name = socket_name_for(warm.container_id)
         return container
 
-    def _claim(self, warm: WarmContainer, sandbox_id: str, hostname: str) -> None:
+    def _claim(
+        self, warm: WarmContainer, sandbox_id: str, hostname: str, *, started: bool = False
+    ) -> None:
         old, new = warm.container_id, sandbox_id
         d = self.dir_of(new)
         self.dir_of(old).rename(d)
@@ -283,7 +295,8 @@ class ContainerRuntime:
                 src.rename(controller / self.cgroup_path(new).lstrip("/"))
         _write_hosts(d / "disk" / "upper", hostname)
         _set_hostname(warm.pid, hostname)
-        self.crun.start_now(new)
+        if not started:
+            self.crun.start_now(new)
 
     def _prepare(self, d: Path, template_rootfs: Path, hostname: str, disk_mb: int) -> None:
         disk = d / "disk"
@@ -339,6 +352,12 @@ class ContainerRuntime:
         if socket_name:
             container.socket_name = socket_name
         return container
+
+    async def set_hostname(self, sandbox_id: str, pid: int, hostname: str) -> None:
+        """Rename a running sandbox's host (UTS namespace of ``pid`` and ``/etc/hosts``), as
+        a claim does: a copy restored from another sandbox's checkpoint gets its own."""
+        _write_hosts(self.dir_of(sandbox_id) / "disk" / "upper", hostname)
+        await _on_own_thread(functools.partial(_set_hostname, pid, hostname))
 
     async def list_containers(self) -> list[ContainerState]:
         return await self.crun.list()

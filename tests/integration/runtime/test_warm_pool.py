@@ -69,14 +69,14 @@ def cgroups_named(rt: ContainerRuntime, name: str) -> list[Path]:
 async def test_fill_claim_and_close(runtime: ContainerRuntime, rootfs: Path) -> None:
     pool = WarmPool(runtime, 2)
     # A shape the pool has not seen yet: the caller goes the cold way, the pool starts on it.
-    assert pool.take(rootfs, SHAPE) is None
+    assert pool.take((rootfs, SHAPE)) is None
     await pool.wait_full()
-    assert pool.count(rootfs, SHAPE) == 2
+    assert pool.count((rootfs, SHAPE)) == 2
     found = containers(runtime)
     assert len(found) == 2 and set(found.values()) == {"created"}, found
     assert all(i.startswith("pool-") for i in found)
 
-    warm = pool.take(rootfs, SHAPE)
+    warm = pool.take((rootfs, SHAPE))
     assert warm is not None
     sandbox_id = "sbx" + secrets.token_hex(6)
     container = await runtime.claim(warm, sandbox_id, sandbox_id)
@@ -107,24 +107,24 @@ async def test_an_empty_pool_sends_creates_the_cold_way(
     runtime: ContainerRuntime, rootfs: Path
 ) -> None:
     pool = WarmPool(runtime, 1)
-    assert pool.take(rootfs, SHAPE) is None
+    assert pool.take((rootfs, SHAPE)) is None
     await pool.wait_full()
-    first = pool.take(rootfs, SHAPE)
+    first = pool.take((rootfs, SHAPE))
     assert first is not None
-    assert pool.take(rootfs, SHAPE) is None  # refilling has not caught up yet
+    assert pool.take((rootfs, SHAPE)) is None  # refilling has not caught up yet
     await runtime.destroy(first.container_id)
     # Another shape is a pool of its own.
     other = ContainerLimits(cpu_count=1, memory_mb=128, disk_mb=64)
-    assert pool.take(rootfs, other) is None
+    assert pool.take((rootfs, other)) is None
     await pool.wait_full()
-    assert pool.count(rootfs, SHAPE) == 1 and pool.count(rootfs, other) == 1
+    assert pool.count((rootfs, SHAPE)) == 1 and pool.count((rootfs, other)) == 1
     await pool.close()
     assert containers(runtime) == {}
 
 
 async def test_a_disabled_pool_creates_nothing(runtime: ContainerRuntime, rootfs: Path) -> None:
     pool = WarmPool(runtime, 0)
-    assert pool.take(rootfs, SHAPE) is None
+    assert pool.take((rootfs, SHAPE)) is None
     await pool.wait_full()
     assert containers(runtime) == {}
     await pool.close()
@@ -137,13 +137,13 @@ async def test_a_new_shape_past_the_cap_evicts_the_oldest(
 
     monkeypatch.setattr(pool_module, "MAX_SHAPES", 1)
     pool = WarmPool(runtime, 2)
-    assert pool.take(rootfs, SHAPE) is None
+    assert pool.take((rootfs, SHAPE)) is None
     await pool.wait_full()
     old = set(containers(runtime))
     other = ContainerLimits(cpu_count=1, memory_mb=128, disk_mb=64)
-    assert pool.take(rootfs, other) is None
+    assert pool.take((rootfs, other)) is None
     await pool.wait_full()
-    assert pool.count(rootfs, SHAPE) == 0 and pool.count(rootfs, other) == 2
+    assert pool.count((rootfs, SHAPE)) == 0 and pool.count((rootfs, other)) == 2
     await pool.close()  # also waits for the evicted shape's containers to be removed
     assert containers(runtime) == {} and old
     assert runtime.list_dirs() == []

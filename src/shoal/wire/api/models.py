@@ -117,6 +117,26 @@ class SandboxDetail(ListedSandbox):
     lifecycle: SandboxLifecycle = Field(default_factory=SandboxLifecycle)
 
 
+class SandboxMetric(_Response):
+    """One sample of ``GET /sandboxes/{id}/metrics`` (all fields required on the wire)."""
+
+    timestamp: datetime
+    timestamp_unix: int = Field(alias="timestampUnix")
+    cpu_count: int = Field(alias="cpuCount")
+    cpu_used_pct: float = Field(alias="cpuUsedPct")
+    mem_used: int = Field(alias="memUsed")
+    mem_total: int = Field(alias="memTotal")
+    mem_cache: int = Field(alias="memCache")
+    disk_used: int = Field(alias="diskUsed")
+    disk_total: int = Field(alias="diskTotal")
+
+
+class SandboxesWithMetrics(_Response):
+    """``GET /sandboxes/metrics?sandbox_ids=``: the newest sample per sandbox."""
+
+    sandboxes: dict[str, SandboxMetric]
+
+
 class ErrorBody(_Response):
     code: int
     message: str
@@ -134,7 +154,9 @@ __all__ = [
     "Sandbox",
     "SandboxDetail",
     "SandboxLifecycle",
+    "SandboxMetric",
     "SandboxState",
+    "SandboxesWithMetrics",
     "TimeoutRequest",
     "to_wire",
 ]

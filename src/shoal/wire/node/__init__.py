@@ -7,6 +7,7 @@ JSON over HTTP, served by every node agent under ``/node/v1`` (see
 from shoal.wire.node.models import (
     CreateSandboxRequest,
     Heartbeat,
+    MetricSample,
     NodeInfo,
     NodeResources,
     SandboxStatus,
@@ -15,6 +16,7 @@ from shoal.wire.node.models import (
 __all__ = [
     "CreateSandboxRequest",
     "Heartbeat",
+    "MetricSample",
     "NodeInfo",
     "NodeResources",
     "SandboxStatus",

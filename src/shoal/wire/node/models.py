@@ -65,6 +65,25 @@ class SandboxStatus(BaseModel):
     disk_mb: int | None = None
 
 
+class MetricSample(BaseModel):
+    """One sample of a sandbox's usage: ``GET /node/v1/sandboxes/{id}/metrics``."""
+
+    timestamp: float
+    """Unix time of the sample, in seconds."""
+    cpu_count: int
+    cpu_used_pct: float
+    """CPU used since the previous sample, in percent of ``cpu_count`` CPUs (0-100)."""
+    mem_used: int
+    """Bytes; memory other than page cache."""
+    mem_total: int
+    """Bytes; the sandbox's memory limit."""
+    mem_cache: int
+    """Bytes; page cache charged to the sandbox."""
+    disk_used: int
+    disk_total: int
+    """Bytes, of the sandbox's own disk."""
+
+
 class Heartbeat(BaseModel):
     """``POST /internal/v1/nodes/{node_id}/heartbeat`` on the control plane."""
 
