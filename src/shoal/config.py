@@ -94,6 +94,9 @@ class Settings:
     """Relative price of this node's capacity (cost-first placement)."""
     uid_base: int = 100000
     """Host uid/gid that root inside a sandbox maps to (65536 ids from there)."""
+    criu_path: Path = Path("/opt/shoal/criu/bin/criu")
+    """CRIU >= 4.1 for sandbox checkpoints; ``scripts/criu`` (run by ``scripts/setup``)
+    installs it here on Debian 12 and 13 alike."""
     max_sandboxes_per_node: int = 2000
     warm_pool: int = 4
     """Warm containers a node keeps per template shape (template, cpu, memory, disk), laid

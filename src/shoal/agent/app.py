@@ -6,10 +6,11 @@ is data plane; everything else is the node protocol, guarded by the node token.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hmac
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 from starlette.requests import Request
@@ -20,7 +21,13 @@ from starlette.types import Receive, Scope, Send
 from shoal.agent.metrics import Sample
 from shoal.errors import InvalidArgument, NotFound, RuntimeFailure, ShoalError, Unauthenticated
 from shoal.proxy.routing import route_of
-from shoal.wire.node import CreateSandboxRequest, MetricSample
+from shoal.wire.node import (
+    CreateSandboxRequest,
+    MetricSample,
+    PauseRequest,
+    ResumeRequest,
+    SnapshotRequest,
+)
 from shoal.wire.node.models import NODE_TOKEN_HEADER, PREFIX
 
 if TYPE_CHECKING:
@@ -45,6 +52,16 @@ def _unix_seconds(request: Request, name: str) -> int | None:
     if value < 0:
         raise InvalidArgument(f"{name} must not be negative (got {value})")
     return value
+
+
+_B = TypeVar("_B", PauseRequest, ResumeRequest, SnapshotRequest)
+
+
+def _parse(model: type[_B], body: bytes) -> _B:
+    try:
+        return model.model_validate_json(body or b"{}")
+    except (ValidationError, json.JSONDecodeError) as exc:
+        raise InvalidArgument(f"invalid request: {exc}") from exc
 
 
 def _wire_sample(sample: Sample) -> dict[str, Any]:
@@ -74,6 +91,36 @@ def build_node_api(agent: NodeAgent) -> Router:
             raise NotFound(f"sandbox {sandbox_id} not found on this node")
         return Response(status_code=204)
 
+    async def pause_sandbox(request: Request) -> Response:
+        req = _parse(PauseRequest, await request.body())
+        held = await agent.manager.pause(request.path_params["sandbox_id"], memory=req.memory)
+        return JSONResponse(held.model_dump(mode="json"))
+
+    async def resume_sandbox(request: Request) -> Response:
+        req = _parse(ResumeRequest, await request.body())
+        sbx = await agent.manager.resume(
+            request.path_params["sandbox_id"], memory=req.memory,
+            access_token=req.access_token, env_vars=req.env_vars or None,
+        )
+        return JSONResponse(agent.manager.status(sbx).model_dump(mode="json"), status_code=201)
+
+    async def snapshot_sandbox(request: Request) -> Response:
+        req = _parse(SnapshotRequest, await request.body())
+        held = await agent.manager.snapshot(
+            request.path_params["sandbox_id"], req.snapshot_id, memory=req.memory
+        )
+        return JSONResponse(held.model_dump(mode="json"), status_code=201)
+
+    async def delete_snapshot(request: Request) -> Response:
+        snapshot_id = request.path_params["snapshot_id"]
+        if not await agent.manager.delete_snapshot(snapshot_id):
+            raise NotFound(f"snapshot {snapshot_id} not found on this node")
+        return Response(status_code=204)
+
+    async def list_checkpoints(request: Request) -> Response:
+        held = await asyncio.to_thread(agent.manager.checkpoints)
+        return JSONResponse([h.model_dump(mode="json") for h in held])
+
     async def sandbox_metrics(request: Request) -> Response:
         sandbox_id = request.path_params["sandbox_id"]
         if agent.manager.get(sandbox_id) is None:
@@ -94,6 +141,13 @@ def build_node_api(agent: NodeAgent) -> Router:
             Route(f"{PREFIX}/sandboxes", list_sandboxes, methods=["GET"]),
             Route(f"{PREFIX}/sandboxes", create_sandbox, methods=["POST"]),
             Route(f"{PREFIX}/sandboxes/{{sandbox_id}}", kill_sandbox, methods=["DELETE"]),
+            Route(f"{PREFIX}/sandboxes/{{sandbox_id}}/pause", pause_sandbox, methods=["POST"]),
+            Route(f"{PREFIX}/sandboxes/{{sandbox_id}}/resume", resume_sandbox, methods=["POST"]),
+            Route(
+                f"{PREFIX}/sandboxes/{{sandbox_id}}/snapshots", snapshot_sandbox, methods=["POST"]
+            ),
+            Route(f"{PREFIX}/snapshots/{{snapshot_id}}", delete_snapshot, methods=["DELETE"]),
+            Route(f"{PREFIX}/checkpoints", list_checkpoints, methods=["GET"]),
             Route(f"{PREFIX}/sandboxes/{{sandbox_id}}/metrics", sandbox_metrics, methods=["GET"]),
             Route(f"{PREFIX}/metrics", latest_metrics, methods=["GET"]),
         ]

@@ -12,11 +12,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+from shoal.agent.checkpoints import DISK, IMAGE, CheckpointDir, Held
 from shoal.agent.primed import PrimedPool, PrimedSandbox, hand_over, with_sandbox_env
 from shoal.agent.sandbox import SERVICE_METADATA, LocalSandbox, SandboxService, ServiceSpec
 from shoal.agent.users import lookup_user
@@ -29,12 +32,13 @@ from shoal.errors import (
     RuntimeFailure,
     SandboxGone,
 )
+from shoal.runtime.checkpoint import Checkpointer
 from shoal.runtime.container import Container, ContainerLimits, ContainerRuntime
 from shoal.runtime.initclient import InitTooOld, connect_init
 from shoal.runtime.pool import WarmPool
 from shoal.runtime.process import ProcessSpawner
 from shoal.template.store import Template, TemplateStore
-from shoal.wire.node import CreateSandboxRequest, SandboxStatus
+from shoal.wire.node import CheckpointStatus, CreateSandboxRequest, SandboxStatus
 from shoal.wire.node.models import DEFAULT_CPU_COUNT, DEFAULT_MEMORY_MB
 
 log = logging.getLogger(__name__)
@@ -58,8 +62,16 @@ class SandboxManager:
         max_sandboxes: int = 2000,
         warm_pool: int = 0,
         primed_pool: int = 0,
+        checkpointer: Checkpointer | None = None,
+        checkpoint_root: Path | None = None,
     ) -> None:
         self.runtime = runtime
+        self.checkpointer = checkpointer
+        root = checkpoint_root or runtime.root.parent
+        self.paused = CheckpointDir(root / "paused")
+        self.snapshots = CheckpointDir(root / "snapshots")
+        self._pausing: dict[str, asyncio.Event] = {}
+        """Sandboxes being checkpointed; the event is set when that is over."""
         self.pool = WarmPool(runtime, warm_pool)
         self.primed = PrimedPool(
             primed_pool, runtime, templates.resolve, self._connect, service_for, READY_TIMEOUT
@@ -108,10 +120,23 @@ class SandboxManager:
     # -- create ------------------------------------------------------------------------
 
     async def create(self, req: CreateSandboxRequest) -> LocalSandbox:
-        if req.sandbox_id in self._sandboxes or req.sandbox_id in self._starting:
-            raise InvalidArgument(f"sandbox {req.sandbox_id} already exists on this node")
+        if req.snapshot_id is not None:
+            return await self._create_from_snapshot(req)
+        return await self._create(req)
+
+    def _check_new(self, sandbox_id: str) -> None:
+        if sandbox_id in self._sandboxes or sandbox_id in self._starting:
+            raise InvalidArgument(f"sandbox {sandbox_id} already exists on this node")
         if len(self._sandboxes) + len(self._starting) >= self.max_sandboxes:
             raise CapacityExhausted("node is full")
+
+    async def _create(
+        self, req: CreateSandboxRequest, *, disk_from: Path | None = None,
+        started_at: datetime | None = None,
+    ) -> LocalSandbox:
+        """A new sandbox of the request's template (``disk_from``: with a copy of that disk
+        instead of an empty one, and no pools)."""
+        self._check_new(req.sandbox_id)
         template = self.templates.resolve(req.template_id)
         if template.uid_base != self.runtime.uid_base:
             raise RuntimeFailure(
@@ -131,13 +156,13 @@ class SandboxManager:
             env_vars = {**template.env, **req.env_vars}
             spawner: ProcessSpawner | None = None
             service: SandboxService | None = None
-            if template.start_cmd:
+            if template.start_cmd and disk_from is None:
                 primed = self.primed.take((template.template_id, template.rootfs, limits))
                 if primed is not None:
                     claimed = await self._claim_primed(primed, req.sandbox_id, hostname, env_vars)
                     if claimed is not None:
                         container, spawner, service = claimed
-            if container is None:
+            if container is None and disk_from is None:
                 warm = self.pool.take((template.rootfs, limits))
                 if warm is not None:
                     try:
@@ -152,7 +177,7 @@ class SandboxManager:
                         raise
             if container is None:
                 container = await self.runtime.start(
-                    req.sandbox_id, template.rootfs, limits, hostname
+                    req.sandbox_id, template.rootfs, limits, hostname, disk_from=disk_from
                 )
             if spawner is None:
                 spawner = await self._connect(container)
@@ -165,10 +190,11 @@ class SandboxManager:
                 env_vars=env_vars,
                 spawner=spawner,
                 container=container,
-                started_at=datetime.now(UTC),
+                started_at=started_at or datetime.now(UTC),
                 cpu_count=limits.cpu_count,
                 memory_mb=limits.memory_mb,
                 disk_mb=req.disk_mb,
+                hostname=hostname,
             )
             if service is not None:  # primed: running and ready
                 sbx.service = service
@@ -251,7 +277,15 @@ class SandboxManager:
         return container, primed.spawner, service
 
     def _write_record(self, sbx: LocalSandbox) -> None:
-        record = {
+        record = self._record(sbx)
+        path = self.runtime.dir_of(sbx.sandbox_id) / RECORD
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record))
+        tmp.replace(path)
+
+    @staticmethod
+    def _record(sbx: LocalSandbox) -> dict[str, Any]:
+        return {
             "sandbox_id": sbx.sandbox_id,
             "template_id": sbx.template_id,
             "access_token": sbx.access_token,
@@ -264,11 +298,8 @@ class SandboxManager:
             "disk_mb": sbx.disk_mb,
             "socket_name": sbx.container.socket_name,
             "service": sbx.service.spec.to_json() if sbx.service is not None else None,
+            "hostname": sbx.hostname,
         }
-        path = self.runtime.dir_of(sbx.sandbox_id) / RECORD
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record))
-        tmp.replace(path)
 
     # -- death and kill ----------------------------------------------------------------
 
@@ -281,7 +312,10 @@ class SandboxManager:
         """The init connection breaking means the sandbox died (or is being killed)."""
         closed = sbx.spawner.closed  # type: ignore[attr-defined]
         await closed
-        if sbx.sandbox_id in self._sandboxes and sbx.sandbox_id not in self._killing:
+        pausing = self._pausing.get(sbx.sandbox_id)
+        if pausing is not None:  # a checkpoint ends the tree on purpose
+            await pausing.wait()
+        if self._sandboxes.get(sbx.sandbox_id) is sbx and sbx.sandbox_id not in self._killing:
             log.warning("sandbox %s died", sbx.sandbox_id)
             await self.kill(sbx.sandbox_id)
 
@@ -290,7 +324,8 @@ class SandboxManager:
         task = self._killing.get(sandbox_id)
         if task is None:
             if sandbox_id not in self._sandboxes:
-                return False
+                # a paused sandbox: its checkpoint is all there is of it
+                return await asyncio.to_thread(self.paused.remove, sandbox_id)
             task = asyncio.get_running_loop().create_task(self._teardown(sandbox_id))
             self._killing[sandbox_id] = task
         await asyncio.shield(task)
@@ -298,22 +333,27 @@ class SandboxManager:
 
     async def _teardown(self, sandbox_id: str) -> None:
         sbx = self._sandboxes[sandbox_id]
-        sbx.gone.set()
         try:
-            for listener in self._gone_listeners:
-                try:
-                    listener(sandbox_id)
-                except Exception:  # a listener's bug must not leak the sandbox
-                    log.exception("gone listener failed for %s", sandbox_id)
-            if sbx.service is not None:
-                await sbx.service.close()
-            with contextlib.suppress(Exception):
-                await sbx.spawner.aclose()
-            sbx.container.close()
+            await self._let_go(sbx)
             await self.runtime.destroy(sandbox_id)
         finally:
             self._sandboxes.pop(sandbox_id, None)
             self._killing.pop(sandbox_id, None)
+
+    async def _let_go(self, sbx: LocalSandbox) -> None:
+        """Everything the agent holds of a sandbox that stops being here (killed, or
+        checkpointed): in-flight streams abort, envd forgets it, fds are closed."""
+        sbx.gone.set()
+        for listener in self._gone_listeners:
+            try:
+                listener(sbx.sandbox_id)
+            except Exception:  # a listener's bug must not leak the sandbox
+                log.exception("gone listener failed for %s", sbx.sandbox_id)
+        if sbx.service is not None:
+            await sbx.service.close()
+        with contextlib.suppress(Exception):
+            await sbx.spawner.aclose()
+        sbx.container.close()
 
     # -- start-up and shut-down --------------------------------------------------------
 
@@ -330,16 +370,22 @@ class SandboxManager:
                 log.info("removing orphaned sandbox %s", sandbox_id)
                 await self.runtime.destroy(sandbox_id)
                 continue
-            self._sandboxes[sandbox_id] = sbx
-            self._watch(sbx)
-            if sbx.service is not None:
-                # Before envd's adoption: it would close the fds of a process not its own.
-                sbx.service.start(await self._find_service(sbx))
-            for listener in self._adopted_listeners:
-                try:
-                    await listener(sbx)
-                except Exception:  # the sandbox itself is adopted either way
-                    log.exception("adoption listener failed for %s", sandbox_id)
+            await self._take_back(sbx)
+
+    async def _take_back(self, sbx: LocalSandbox) -> None:
+        """Run a sandbox whose processes outlived the agent's hold on them (an agent
+        restart, a restored checkpoint): its start command and envd's processes are
+        found again by their init metadata."""
+        self._sandboxes[sbx.sandbox_id] = sbx
+        self._watch(sbx)
+        if sbx.service is not None:
+            # Before envd's adoption: it would close the fds of a process not its own.
+            sbx.service.start(await self._find_service(sbx))
+        for listener in self._adopted_listeners:
+            try:
+                await listener(sbx)
+            except Exception:  # the sandbox itself is adopted either way
+                log.exception("adoption listener failed for %s", sbx.sandbox_id)
 
     async def _adopt_one(self, sandbox_id: str, record_path: Path) -> LocalSandbox | None:
         try:
@@ -352,25 +398,7 @@ class SandboxManager:
             except Exception:
                 container.close()
                 return None
-            sbx = LocalSandbox(
-                sandbox_id=sandbox_id,
-                template_id=rec["template_id"],
-                access_token=rec["access_token"],
-                default_user=rec["default_user"],
-                default_workdir=rec["default_workdir"],
-                env_vars=rec["env_vars"],
-                spawner=spawner,
-                container=container,
-                started_at=datetime.fromisoformat(rec["started_at"]),
-                cpu_count=rec["cpu_count"],
-                memory_mb=rec["memory_mb"],
-                disk_mb=rec["disk_mb"],
-            )
-            if rec.get("service"):
-                sbx.service = SandboxService(
-                    sandbox_id, spawner, ServiceSpec.from_json(rec["service"])
-                )
-            return sbx
+            return _from_record(sandbox_id, rec, spawner, container)
         except (OSError, ValueError, KeyError, TypeError, SandboxGone):
             log.exception("could not adopt sandbox %s", sandbox_id)
             return None
@@ -395,6 +423,174 @@ class SandboxManager:
                 return handle
         return None
 
+    # -- pause, resume, snapshots -------------------------------------------------------
+
+    def _checkpointer(self) -> Checkpointer:
+        if self.checkpointer is None:
+            raise RuntimeFailure(
+                "this node cannot checkpoint memory (CRIU >= 4.1 missing: run scripts/setup)"
+            )
+        return self.checkpointer
+
+    def _hold(self, sandbox_id: str) -> LocalSandbox:
+        """A running sandbox to checkpoint, marked busy (until ``_unhold``)."""
+        sbx = self.get(sandbox_id)
+        if sbx is None:
+            raise NotFound(f"sandbox {sandbox_id} is not running on this node")
+        if sandbox_id in self._pausing or sandbox_id in self._killing:
+            raise InvalidStateTransition(f"sandbox {sandbox_id} is being paused or killed")
+        self._pausing[sandbox_id] = asyncio.Event()
+        return sbx
+
+    def _unhold(self, sandbox_id: str) -> None:
+        event = self._pausing.pop(sandbox_id, None)
+        if event is not None:
+            event.set()
+
+    async def pause(self, sandbox_id: str, *, memory: bool = True) -> CheckpointStatus:
+        """Checkpoint a sandbox (with ``memory``: processes and memory, else the disk only)
+        and release it. On failure the sandbox keeps running."""
+        sbx = self._hold(sandbox_id)
+        try:
+            checkpointer = self._checkpointer() if memory else None
+            record = {**self._record(sbx), "memory": memory, "checkpoint_id": sandbox_id,
+                      "created_at": datetime.now(UTC).isoformat()}
+            dest = await asyncio.to_thread(self.paused.begin, sandbox_id)
+            try:
+                if checkpointer is not None:
+                    await _dump(checkpointer, sbx.container, dest / IMAGE, leave_running=False)
+                else:
+                    await self.runtime.destroy(sandbox_id, keep_disk=dest / DISK)
+            except BaseException:
+                await asyncio.to_thread(self.paused.remove, sandbox_id)
+                if memory or self.runtime.dir_of(sandbox_id).exists():
+                    raise
+                await self._let_go(sbx)  # disk-only: the sandbox was stopped, then lost
+                self._sandboxes.pop(sandbox_id, None)
+                raise
+            held = await asyncio.to_thread(self.paused.commit, sandbox_id, record)
+            await self._let_go(sbx)
+            self._sandboxes.pop(sandbox_id, None)
+        finally:
+            self._unhold(sandbox_id)
+        log.info("sandbox %s paused (%s)", sandbox_id, "memory" if memory else "disk only")
+        return await asyncio.to_thread(held.status)
+
+    async def resume(
+        self, sandbox_id: str, *, memory: bool = True, access_token: str | None = None,
+        env_vars: dict[str, str] | None = None,
+    ) -> LocalSandbox:
+        """Bring a paused sandbox back under its id. With its memory (when it was kept and
+        ``memory``), exactly as it was; else booted from its disk. On failure the
+        checkpoint stays for another try."""
+        held = self.paused.get(sandbox_id)
+        if held is None:
+            raise NotFound(f"sandbox {sandbox_id} is not paused on this node")
+        rec = held.record
+        if held.memory and memory:
+            sbx = await self._restore(held, sandbox_id, rec, hostname=None)
+        else:
+            req = CreateSandboxRequest(
+                sandbox_id=sandbox_id, template_id=rec["template_id"],
+                cpu_count=rec["cpu_count"], memory_mb=rec["memory_mb"], disk_mb=rec["disk_mb"],
+                access_token=access_token or rec["access_token"],
+                env_vars=env_vars if env_vars is not None else rec["env_vars"],
+                hostname=rec.get("hostname"),
+            )
+            sbx = await self._create(
+                req, disk_from=held.disk, started_at=datetime.fromisoformat(rec["started_at"])
+            )
+        await asyncio.to_thread(self.paused.remove, sandbox_id)
+        log.info("sandbox %s resumed", sandbox_id)
+        return sbx
+
+    async def _restore(
+        self, held: Held, sandbox_id: str, rec: dict[str, Any], *, hostname: str | None
+    ) -> LocalSandbox:
+        """Processes and memory back from ``held`` as sandbox ``sandbox_id``."""
+        self._check_new(sandbox_id)
+        checkpointer = self._checkpointer()
+        self._starting.add(sandbox_id)
+        container: Container | None = None
+        try:
+            rootfs = self._template_rootfs(rec["template_id"])
+            container = await checkpointer.restore(
+                held.image, sandbox_id, template_rootfs=rootfs, hostname=hostname
+            )
+            spawner = await self._connect(container)
+            sbx = _from_record(sandbox_id, rec, spawner, container)
+            self._write_record(sbx)
+        except BaseException:
+            if container is not None:
+                container.close()
+            await self.runtime.destroy(sandbox_id)
+            raise
+        finally:
+            self._starting.discard(sandbox_id)
+        await self._take_back(sbx)
+        return sbx
+
+    def _template_rootfs(self, template_id: str) -> Path | None:
+        """This node's build of the template (None: the one the checkpoint recorded)."""
+        try:
+            return self.templates.resolve(template_id).rootfs
+        except NotFound:
+            return None
+
+    async def snapshot(
+        self, sandbox_id: str, snapshot_id: str, *, memory: bool = True
+    ) -> CheckpointStatus:
+        """Checkpoint a sandbox that keeps running."""
+        sbx = self._hold(sandbox_id)
+        try:
+            checkpointer = self._checkpointer() if memory else None
+            record = {**self._record(sbx), "memory": memory, "checkpoint_id": snapshot_id,
+                      "created_at": datetime.now(UTC).isoformat()}
+            dest = await asyncio.to_thread(self.snapshots.begin, snapshot_id)
+            try:
+                if checkpointer is not None:
+                    await _dump(checkpointer, sbx.container, dest / IMAGE, leave_running=True)
+                else:
+                    await asyncio.to_thread(
+                        self.runtime.copy_disk, sandbox_id, dest / DISK
+                    )
+            except BaseException:
+                await asyncio.to_thread(self.snapshots.remove, snapshot_id)
+                raise
+            held = await asyncio.to_thread(self.snapshots.commit, snapshot_id, record)
+        finally:
+            self._unhold(sandbox_id)
+        return await asyncio.to_thread(held.status)
+
+    async def _create_from_snapshot(self, req: CreateSandboxRequest) -> LocalSandbox:
+        assert req.snapshot_id is not None
+        held = self.snapshots.get(req.snapshot_id)
+        if held is None:
+            raise NotFound(f"snapshot {req.snapshot_id} not found on this node")
+        rec = {
+            **held.record,
+            "access_token": req.access_token,
+            "env_vars": req.env_vars or held.record["env_vars"],
+            "started_at": datetime.now(UTC).isoformat(),
+            "hostname": req.hostname or req.sandbox_id,
+        }
+        if held.memory:
+            return await self._restore(
+                held, req.sandbox_id, rec, hostname=req.hostname or req.sandbox_id
+            )
+        copy = req.model_copy(update={
+            "template_id": rec["template_id"], "cpu_count": rec["cpu_count"],
+            "memory_mb": rec["memory_mb"], "disk_mb": rec["disk_mb"], "env_vars": rec["env_vars"],
+        })
+        return await self._create(copy, disk_from=held.disk)
+
+    async def delete_snapshot(self, snapshot_id: str) -> bool:
+        return await asyncio.to_thread(self.snapshots.remove, snapshot_id)
+
+    def checkpoints(self) -> list[CheckpointStatus]:
+        """Every paused sandbox and snapshot this node holds."""
+        return [h.status() for d in (self.paused, self.snapshots) for h in d.all()]
+
     async def detach(self) -> None:
         """Agent shut-down: stop watching, keep every sandbox running for the next start;
         remove the warm pools."""
@@ -412,6 +608,56 @@ class SandboxManager:
 
     async def kill_all(self) -> None:
         await asyncio.gather(*(self.kill(s) for s in list(self._sandboxes)), return_exceptions=True)
+
+
+DUMP_ATTEMPTS = 3
+
+
+async def _dump(
+    checkpointer: Checkpointer, container: Container, image: Path, *, leave_running: bool
+) -> None:
+    """A checkpoint, tried again when it fails while the sandbox lives on: a process that
+    exits just as CRIU takes hold of it (a command finishing) fails one dump."""
+    for attempt in range(DUMP_ATTEMPTS):
+        try:
+            await checkpointer.checkpoint(container, image, leave_running=leave_running)
+            return
+        except RuntimeFailure as exc:
+            if attempt + 1 == DUMP_ATTEMPTS or not _retryable(container.init_pid, image):
+                raise
+            log.warning("sandbox %s: checkpoint failed, trying again: %s",
+                        container.sandbox_id, exc)
+            await asyncio.sleep(0.05 * (attempt + 1))
+
+
+def _retryable(init_pid: int, image: Path) -> bool:
+    """The sandbox still runs and no image was kept (a failed pause never kills it)."""
+    return os.path.exists(f"/proc/{init_pid}") and not image.exists()
+
+
+def _from_record(
+    sandbox_id: str, rec: dict[str, Any], spawner: Any, container: Container
+) -> LocalSandbox:
+    """A sandbox the agent takes (back) from its record (``sandbox.json``, or a
+    checkpoint's copy of it)."""
+    sbx = LocalSandbox(
+        sandbox_id=sandbox_id,
+        template_id=rec["template_id"],
+        access_token=rec["access_token"],
+        default_user=rec["default_user"],
+        default_workdir=rec["default_workdir"],
+        env_vars=rec["env_vars"],
+        spawner=spawner,
+        container=container,
+        started_at=datetime.fromisoformat(rec["started_at"]),
+        cpu_count=rec["cpu_count"],
+        memory_mb=rec["memory_mb"],
+        disk_mb=rec["disk_mb"],
+        hostname=rec.get("hostname"),
+    )
+    if rec.get("service"):
+        sbx.service = SandboxService(sandbox_id, spawner, ServiceSpec.from_json(rec["service"]))
+    return sbx
 
 
 def service_for(

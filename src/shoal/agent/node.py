@@ -14,7 +14,9 @@ from shoal.agent.manager import SandboxManager
 from shoal.agent.metrics import HostUsageReader, MetricsSampler, manager_targets
 from shoal.config import Settings
 from shoal.envd.app import build_envd_app
+from shoal.errors import RuntimeFailure
 from shoal.ids import new_node_id
+from shoal.runtime.checkpoint import Checkpointer
 from shoal.runtime.container import ContainerRuntime
 from shoal.runtime.initbin import ensure_built
 from shoal.template.store import TemplateStore
@@ -46,6 +48,15 @@ def _memory_mb() -> int:
     return 1024
 
 
+def _checkpointer(runtime: ContainerRuntime, criu: Path) -> Checkpointer | None:
+    """The node's CRIU, or None (pausing with memory then fails with a clear error)."""
+    try:
+        return Checkpointer(runtime, criu)
+    except RuntimeFailure as exc:
+        log.warning("%s; pause and snapshots keep the disk only", exc)
+        return None
+
+
 class NodeAgent:
     def __init__(
         self,
@@ -71,6 +82,7 @@ class NodeAgent:
             max_sandboxes=settings.max_sandboxes_per_node,
             warm_pool=settings.warm_pool,
             primed_pool=settings.primed_pool,
+            checkpointer=_checkpointer(self.runtime, settings.criu_path),
         )
         self.envd = build_envd_app(self.manager)
         self.manager.on_gone(self.envd.forget)
@@ -125,6 +137,9 @@ class NodeAgent:
             return
         self._started = True
         await self.manager.adopt()
+        for d in (self.manager.paused, self.manager.snapshots):
+            for name in await asyncio.to_thread(d.sweep):
+                log.info("removed unfinished checkpoint %s", name)
         self._metrics_task = asyncio.get_running_loop().create_task(
             self.metrics.run(), name=f"shoal-metrics-{self.node_id}"
         )

@@ -48,6 +48,7 @@ class LocalSandbox:
     cpu_count: int
     memory_mb: int
     disk_mb: int
+    hostname: str | None = None
     service: SandboxService | None = None
     """The template's start command, when it has one."""
     gone: asyncio.Event = field(default_factory=asyncio.Event)

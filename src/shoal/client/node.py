@@ -19,10 +19,14 @@ from shoal import errors
 from shoal.wire.node.models import (
     NODE_TOKEN_HEADER,
     PREFIX,
+    CheckpointStatus,
     CreateSandboxRequest,
     MetricSample,
     NodeInfo,
+    PauseRequest,
+    ResumeRequest,
     SandboxStatus,
+    SnapshotRequest,
 )
 
 
@@ -45,7 +49,7 @@ _STATUS_ERRORS: dict[int, type[errors.ShoalError]] = {
     507: errors.NoSpace,
 }
 
-_M = TypeVar("_M", NodeInfo, SandboxStatus)
+_M = TypeVar("_M", NodeInfo, SandboxStatus, CheckpointStatus)
 
 _STATUS_LIST = TypeAdapter(list[SandboxStatus])
 _SAMPLE_LIST = TypeAdapter(list[MetricSample])
@@ -72,6 +76,10 @@ def error_from_response(response: httpx.Response) -> errors.ShoalError:
     if cls is None:
         cls = errors.RuntimeFailure if response.status_code >= 500 else errors.InvalidArgument
     return cls(message, error_code=error_code)
+
+
+CHECKPOINT_TIMEOUT = httpx.Timeout(300.0, connect=5.0)
+"""Pauses, resumes and snapshots of big sandboxes take seconds."""
 
 
 class NodeClient:
@@ -128,8 +136,43 @@ class NodeClient:
         response = await self._request("POST", "/sandboxes", json=request.model_dump(mode="json"))
         return _parse(SandboxStatus, response)
 
+    async def pause_sandbox(self, sandbox_id: str, *, memory: bool = True) -> CheckpointStatus:
+        """Checkpoint a running sandbox and release it (``errors.NotFound`` if the node
+        does not run it). On failure the sandbox keeps running."""
+        response = await self._request(
+            "POST", f"/sandboxes/{sandbox_id}/pause",
+            json=PauseRequest(memory=memory).model_dump(mode="json"), timeout=CHECKPOINT_TIMEOUT,
+        )
+        return _parse(CheckpointStatus, response)
+
+    async def resume_sandbox(self, sandbox_id: str, request: ResumeRequest) -> SandboxStatus:
+        """Bring a paused sandbox back (``errors.NotFound`` if the node holds no checkpoint
+        of it). On failure the checkpoint stays, so the resume can be tried again."""
+        response = await self._request(
+            "POST", f"/sandboxes/{sandbox_id}/resume",
+            json=request.model_dump(mode="json"), timeout=CHECKPOINT_TIMEOUT,
+        )
+        return _parse(SandboxStatus, response)
+
+    async def snapshot_sandbox(self, sandbox_id: str, request: SnapshotRequest) -> CheckpointStatus:
+        """Checkpoint a running sandbox that keeps running."""
+        response = await self._request(
+            "POST", f"/sandboxes/{sandbox_id}/snapshots",
+            json=request.model_dump(mode="json"), timeout=CHECKPOINT_TIMEOUT,
+        )
+        return _parse(CheckpointStatus, response)
+
+    async def delete_snapshot(self, snapshot_id: str) -> bool:
+        """True if the node removed it, False if it does not hold it."""
+        try:
+            await self._request("DELETE", f"/snapshots/{snapshot_id}")
+        except errors.NotFound:
+            return False
+        return True
+
     async def kill_sandbox(self, sandbox_id: str) -> bool:
-        """True if the node killed it, False if the node does not have it."""
+        """True if the node killed it (or removed its checkpoint, if paused), False if the
+        node has neither."""
         try:
             await self._request("DELETE", f"/sandboxes/{sandbox_id}")
         except errors.NotFound:

@@ -196,22 +196,37 @@ class ContainerRuntime:
         return self.root / sandbox_id
 
     async def start(
-        self, sandbox_id: str, template_rootfs: Path, limits: ContainerLimits, hostname: str
+        self,
+        sandbox_id: str,
+        template_rootfs: Path,
+        limits: ContainerLimits,
+        hostname: str,
+        *,
+        disk_from: Path | None = None,
     ) -> Container:
-        """Lay out and start the container; on any failure leave nothing behind."""
+        """Lay out and start the container; on any failure leave nothing behind.
+        ``disk_from``: boot from a copy of this disk image (a sandbox paused without its
+        memory, or a disk-only snapshot) instead of an empty disk."""
         if self.dir_of(sandbox_id).exists():
             raise RuntimeFailure(f"sandbox {sandbox_id} already exists on this node")
         try:
-            return await self._start(sandbox_id, template_rootfs, limits, hostname)
+            return await self._start(sandbox_id, template_rootfs, limits, hostname, disk_from)
         except BaseException:
             await self.destroy(sandbox_id)
             raise
 
     async def _start(
-        self, sandbox_id: str, template_rootfs: Path, limits: ContainerLimits, hostname: str
+        self,
+        sandbox_id: str,
+        template_rootfs: Path,
+        limits: ContainerLimits,
+        hostname: str,
+        disk_from: Path | None = None,
     ) -> Container:
         d = self.dir_of(sandbox_id)
-        await asyncio.to_thread(self._prepare, d, template_rootfs, hostname, limits.disk_mb)
+        await asyncio.to_thread(
+            self._prepare, d, template_rootfs, hostname, limits.disk_mb, disk_from
+        )
         self._write_config(sandbox_id, limits, hostname)
         pid = await self.crun.run_detached(
             sandbox_id, str(d / "bundle"), str(d / "init.pid"), str(d / "init.log")
@@ -298,7 +313,14 @@ class ContainerRuntime:
         if not started:
             self.crun.start_now(new)
 
-    def _prepare(self, d: Path, template_rootfs: Path, hostname: str, disk_mb: int) -> None:
+    def _prepare(
+        self,
+        d: Path,
+        template_rootfs: Path,
+        hostname: str,
+        disk_mb: int,
+        disk_from: Path | None = None,
+    ) -> None:
         disk = d / "disk"
         upper, work, rootfs = disk / "upper", disk / "work", d / "rootfs"
         d.mkdir(parents=True)
@@ -306,20 +328,24 @@ class ContainerRuntime:
             p.mkdir()
         # Everything the sandbox can write lives on its own disk of disk_mb; work/ too, since
         # overlayfs renames from it into upper/.
-        self.disks.create(d / "disk.img", disk, disk_mb)
+        if disk_from is None:
+            self.disks.create(d / "disk.img", disk, disk_mb)
+        else:
+            quota.copy_sparse(disk_from, d / "disk.img")
+            quota.mount_image(d / "disk.img", disk)
         for p in (upper, work):
-            p.mkdir()
+            p.mkdir(exist_ok=True)
         # The init binary's mount point lives in the writable layer, owned by the
         # sandbox's root, so templates need no Shoal-specific files.
         shoal_dir = upper / ".shoal"
-        shoal_dir.mkdir()
+        shoal_dir.mkdir(exist_ok=True)
         (shoal_dir / "init").touch()
         for p in (upper, shoal_dir, shoal_dir / "init"):
             os.chown(p, self.uid_base, self.uid_base)
         os.chmod(upper, 0o755)
         # Name resolution of the sandbox's own hostname (sudo asks for it on every call).
         etc = upper / "etc"
-        etc.mkdir(mode=0o755)
+        etc.mkdir(mode=0o755, exist_ok=True)
         hosts = etc / "hosts"
         _write_hosts(upper, hostname)
         os.chmod(etc, 0o755)
@@ -389,15 +415,36 @@ class ContainerRuntime:
             with contextlib.suppress(OSError):
                 os.rmdir(d)
 
-    async def destroy(self, sandbox_id: str) -> None:
+    async def destroy(self, sandbox_id: str, *, keep_disk: Path | None = None) -> None:
         """Kill and remove everything of the sandbox. Idempotent.
 
         ``crun delete --force`` SIGKILLs every process of the container and removes its
-        cgroups; the sandbox's pid 1 dying takes its whole pid namespace with it."""
+        cgroups; the sandbox's pid 1 dying takes its whole pid namespace with it.
+        ``keep_disk``: move the sandbox's disk image there first, complete and unmounted
+        (a sandbox paused without its memory)."""
         await self.crun.delete(sandbox_id)
         d = self.dir_of(sandbox_id)
         await asyncio.to_thread(self._remove_pool_cgroups, d)
+        if keep_disk is not None:
+            await asyncio.to_thread(self._release_disk, d, keep_disk)
         await asyncio.to_thread(self._remove_dir, d)
+
+    def copy_disk(self, sandbox_id: str, dest: Path) -> None:
+        """A consistent copy of a running sandbox's disk image (blocking: run on a thread)."""
+        d = self.dir_of(sandbox_id)
+        quota.copy_frozen(d / "disk", d / "disk.img", dest)
+
+    @staticmethod
+    def _release_disk(d: Path, dest: Path) -> None:
+        if not (d / "disk.img").exists():
+            raise RuntimeFailure(f"{d.name} has no disk to keep")
+        for attempt in range(50):
+            try:
+                overlay.unmount(str(d / "rootfs"))
+                break
+            except OSError:
+                time.sleep(0.01 * (attempt + 1))
+        quota.release_image(d / "disk", d / "disk.img", dest)
 
     def _remove_pool_cgroups(self, d: Path) -> None:
         """A sandbox claimed from the pool keeps its pool-named cgroup v2 directory."""

@@ -27,6 +27,7 @@ the host only what it has written, at most about ``disk_mb``.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import os
@@ -34,6 +35,7 @@ import shutil
 import struct
 import subprocess
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -208,11 +210,80 @@ class SandboxDisks:
         mount_image(image, mount_point)
 
 
+def loop_device_of(mount_point: Path) -> str | None:
+    """The loop device mounted on ``mount_point`` (None if none is)."""
+    real = os.path.realpath(mount_point)
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            head, _, tail = line.partition(" - ")
+            if head.split()[4] == real:
+                source = tail.split()[1]
+                return source if source.startswith("/dev/loop") else None
+    return None
+
+
+def release_image(mount_point: Path, image: Path, dest: Path, wait: float = 2.0) -> None:
+    """Unmount the disk on ``mount_point`` (nothing may use it any more; mounts on top of
+    it must be gone) and move its ``image`` to ``dest``, complete: the filesystem is synced
+    first, and the image is moved only once its loop device let go of it (else copied)."""
+    loop = loop_device_of(mount_point)
+    if loop is not None:
+        fd = os.open(mount_point, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)  # ext4: fsync of a directory fd commits the journal
+            _syncfs(fd)
+        finally:
+            os.close(fd)
+    unmount(mount_point)
+    backing = Path(f"/sys/block/{Path(loop).name}/loop/backing_file") if loop else None
+    deadline = time.monotonic() + wait
+    while backing is not None and backing.exists() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    if backing is None or not backing.exists():
+        try:
+            os.rename(image, dest)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+    copy_sparse(image, dest)  # synced, and nothing writes to it any more
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+FIFREEZE = 0xC0045877
+FITHAW = 0xC0045878
+
+
+def copy_frozen(mount_point: Path, image: Path, dest: Path) -> None:
+    """Copy the image of a mounted disk consistently: FIFREEZE flushes the filesystem and
+    holds every writer (in the sandbox and host-side alike) until it is thawed."""
+    fd = os.open(mount_point, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, FIFREEZE, 0)
+        try:
+            copy_sparse(image, dest)
+        finally:
+            fcntl.ioctl(fd, FITHAW, 0)
+    finally:
+        os.close(fd)
+
+
+def _syncfs(fd: int) -> None:
+    if _libc.syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"syncfs: {os.strerror(err)}")
+
+
 __all__ = [
     "MIN_DISK_MB",
     "SandboxDisks",
     "attach_loop",
+    "copy_frozen",
     "copy_sparse",
+    "loop_device_of",
     "mount_image",
+    "release_image",
     "unmount",
 ]

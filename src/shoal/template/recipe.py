@@ -201,9 +201,10 @@ _PY_PACKAGES = (
     "e2b-charts",
     "orjson",
     "bash_kernel",
-    # The interpreter server's own needs.
+    # The interpreter server's own needs (httptools: uvicorn's fast HTTP parser).
     "starlette",
     "uvicorn",
+    "httptools",
     "httpx",
 )
 

@@ -5,19 +5,27 @@ JSON over HTTP, served by every node agent under ``/node/v1`` (see
 """
 
 from shoal.wire.node.models import (
+    CheckpointStatus,
     CreateSandboxRequest,
     Heartbeat,
     MetricSample,
     NodeInfo,
     NodeResources,
+    PauseRequest,
+    ResumeRequest,
     SandboxStatus,
+    SnapshotRequest,
 )
 
 __all__ = [
+    "CheckpointStatus",
     "CreateSandboxRequest",
     "Heartbeat",
     "MetricSample",
     "NodeInfo",
     "NodeResources",
+    "PauseRequest",
+    "ResumeRequest",
     "SandboxStatus",
+    "SnapshotRequest",
 ]

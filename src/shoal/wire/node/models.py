@@ -49,6 +49,9 @@ class CreateSandboxRequest(BaseModel):
     env_vars: dict[str, str] = Field(default_factory=dict)
     """Sandbox-level variables, ``E2B_SANDBOX*`` included."""
     hostname: str | None = None
+    snapshot_id: str | None = None
+    """Start from this snapshot (held by this node) instead of the template: a copy of the
+    snapshotted sandbox's disk, and of its processes and memory if the snapshot kept them."""
 
 
 class SandboxStatus(BaseModel):
@@ -63,6 +66,49 @@ class SandboxStatus(BaseModel):
     """The sandbox's actual limits (None from nodes that predate reporting them)."""
     memory_mb: int | None = None
     disk_mb: int | None = None
+
+
+class PauseRequest(BaseModel):
+    """``POST /node/v1/sandboxes/{id}/pause``."""
+
+    memory: bool = True
+    """False: keep the disk only; the sandbox boots again on resume (a new boot id)."""
+
+
+class ResumeRequest(BaseModel):
+    """``POST /node/v1/sandboxes/{id}/resume``: 201 ``SandboxStatus`` once envd can serve."""
+
+    memory: bool = True
+    """False: boot from the kept disk even if memory was kept (``on_resume="reboot"``)."""
+    access_token: str | None = None
+    env_vars: dict[str, str] = Field(default_factory=dict)
+    """Used when the sandbox boots again (filesystem-only); a memory resume keeps its own."""
+
+
+class SnapshotRequest(BaseModel):
+    """``POST /node/v1/sandboxes/{id}/snapshots``: the sandbox keeps running."""
+
+    snapshot_id: str
+    """Letters, digits and ``_.:-``, at most 128, not starting with ``.`` or ``-``."""
+    memory: bool = True
+
+
+class CheckpointStatus(BaseModel):
+    """A paused sandbox or a snapshot, as the node that holds it sees it."""
+
+    checkpoint_id: str
+    """The sandbox id (a paused sandbox) or the snapshot id."""
+    sandbox_id: str
+    """The sandbox it was taken from."""
+    template_id: str
+    memory: bool
+    """Processes and memory kept (else the disk only)."""
+    size_bytes: int
+    """Disk space the checkpoint occupies on the node."""
+    created_at: datetime
+    cpu_count: int
+    memory_mb: int
+    disk_mb: int
 
 
 class MetricSample(BaseModel):
