@@ -8,18 +8,21 @@ from typing import Any
 
 
 @contextlib.contextmanager
-def sandbox_factory(test_name: str) -> Iterator[Callable[..., Any]]:
+def sandbox_factory(test_name: str, sandbox_class: Any = None) -> Iterator[Callable[..., Any]]:
     """Yield ``make(**create_kwargs)``; every sandbox it made is killed on the way out.
 
     Each is tagged with the test's name in its metadata, so a leftover is traceable.
+    ``sandbox_class``: ``e2b.Sandbox`` (the default) or a subclass such as
+    ``e2b_code_interpreter.Sandbox``, whose ``create()`` picks its own default template.
     """
     from e2b import Sandbox
 
+    cls = sandbox_class or Sandbox
     created: list[Sandbox] = []
 
     def make(**kwargs: Any) -> Sandbox:
         kwargs.setdefault("metadata", {"test": test_name[:60]})
-        sbx = Sandbox.create(**kwargs)
+        sbx = cls.create(**kwargs)
         created.append(sbx)
         return sbx
 

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, Router
 from starlette.types import Receive, Scope, Send
 
+from shoal.agent.checkpoints import CheckpointDir, export_archive, import_archive
 from shoal.agent.metrics import Sample
 from shoal.errors import InvalidArgument, NotFound, RuntimeFailure, ShoalError, Unauthenticated
 from shoal.proxy.routing import route_of
@@ -117,6 +118,28 @@ def build_node_api(agent: NodeAgent) -> Router:
             raise NotFound(f"snapshot {snapshot_id} not found on this node")
         return Response(status_code=204)
 
+    def _kind(request: Request) -> CheckpointDir:
+        kind = request.path_params["kind"]
+        if kind == "paused":
+            return agent.manager.paused
+        if kind == "snapshots":
+            return agent.manager.snapshots
+        raise NotFound(f"no checkpoints of kind {kind!r}")
+
+    async def export_checkpoint(request: Request) -> Response:
+        checkpoint_id = request.path_params["checkpoint_id"]
+        held = _kind(request).get(checkpoint_id)
+        if held is None:
+            raise NotFound(f"checkpoint {checkpoint_id} not found on this node")
+        return StreamingResponse(export_archive(held), media_type="application/x-tar")
+
+    async def import_checkpoint(request: Request) -> Response:
+        held = await import_archive(
+            _kind(request), request.path_params["checkpoint_id"], request.stream()
+        )
+        status = await asyncio.to_thread(held.status)
+        return JSONResponse(status.model_dump(mode="json"), status_code=201)
+
     async def list_checkpoints(request: Request) -> Response:
         held = await asyncio.to_thread(agent.manager.checkpoints)
         return JSONResponse([h.model_dump(mode="json") for h in held])
@@ -148,6 +171,14 @@ def build_node_api(agent: NodeAgent) -> Router:
             ),
             Route(f"{PREFIX}/snapshots/{{snapshot_id}}", delete_snapshot, methods=["DELETE"]),
             Route(f"{PREFIX}/checkpoints", list_checkpoints, methods=["GET"]),
+            Route(
+                f"{PREFIX}/checkpoints/{{kind}}/{{checkpoint_id}}/archive",
+                export_checkpoint, methods=["GET"],
+            ),
+            Route(
+                f"{PREFIX}/checkpoints/{{kind}}/{{checkpoint_id}}/archive",
+                import_checkpoint, methods=["PUT"],
+            ),
             Route(f"{PREFIX}/sandboxes/{{sandbox_id}}/metrics", sandbox_metrics, methods=["GET"]),
             Route(f"{PREFIX}/metrics", latest_metrics, methods=["GET"]),
         ]

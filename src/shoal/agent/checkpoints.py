@@ -9,21 +9,28 @@
     disk.img      the disk alone (a sandbox paused without its memory)
 
 Nothing here is a sandbox: a paused sandbox has no container, no mount and no process.
+
+A checkpoint directory is self-contained (the template layer aside, which every node has
+by name): :func:`export_archive` streams it as a GNU tar with sparse files (a disk image
+of a GiB holding a few MiB travels as those MiB), :func:`import_archive` unpacks one into
+another node's directory. That is how a paused sandbox moves to another node.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import re
 import shutil
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from shoal.errors import AlreadyExists, NotFound
+from shoal.errors import AlreadyExists, InvalidArgument, NotFound, RuntimeFailure
 from shoal.wire.node import CheckpointStatus
 
 CHECKPOINT_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$")
@@ -139,3 +146,67 @@ class CheckpointDir:
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p.name)
         return removed
+
+
+TAR = "tar"
+CHUNK = 1 << 20
+
+
+async def export_archive(held: Held) -> AsyncIterator[bytes]:
+    """The checkpoint as a tar stream (sparse-aware, uncompressed: memory pages are
+    incompressible noise as often as not, and the stream is node to node)."""
+    proc = await asyncio.create_subprocess_exec(
+        TAR, "--sparse", "--numeric-owner", "-C", str(held.path), "-cf", "-", ".",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        while chunk := await proc.stdout.read(CHUNK):
+            yield chunk
+        err = await proc.stderr.read()
+        if await proc.wait() != 0:
+            raise RuntimeFailure(f"could not archive checkpoint {held.checkpoint_id}: {err!r}")
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def import_archive(
+    into: CheckpointDir, checkpoint_id: str, body: AsyncIterable[bytes]
+) -> Held:
+    """Unpack a checkpoint another node exported; nothing is left of it on failure."""
+    dest = await asyncio.to_thread(into.begin, checkpoint_id)
+    proc = await asyncio.create_subprocess_exec(
+        # Only what an export holds: no absolute names, no ``..``, owners kept numerically
+        # (the images belong to root and to the sandbox's mapped ids).
+        TAR, "--sparse", "--numeric-owner", "--same-owner", "--no-overwrite-dir",
+        "-C", str(dest), "-xf", "-",
+        stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stderr is not None
+    try:
+        try:
+            async for chunk in body:
+                proc.stdin.write(chunk)
+                await proc.stdin.drain()
+        finally:
+            proc.stdin.close()
+        err = await proc.stderr.read()
+        if await proc.wait() != 0:
+            raise InvalidArgument(f"not a checkpoint archive: {err.decode(errors='replace')}")
+        held = into.get(checkpoint_id)
+        if held is None:
+            raise InvalidArgument("the archive holds no checkpoint record")
+        if held.record.get("checkpoint_id") != checkpoint_id:
+            raise InvalidArgument(
+                f"the archive holds checkpoint {held.record.get('checkpoint_id')!r}, "
+                f"not {checkpoint_id!r}"
+            )
+        return held
+    except BaseException:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await asyncio.to_thread(into.remove, checkpoint_id)
+        raise

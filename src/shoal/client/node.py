@@ -10,7 +10,7 @@ The one place where HTTP answers and transport failures of a node become
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
 from pydantic import TypeAdapter, ValidationError
@@ -79,6 +79,7 @@ def error_from_response(response: httpx.Response) -> errors.ShoalError:
 
 
 CHECKPOINT_TIMEOUT = httpx.Timeout(300.0, connect=5.0)
+CheckpointKind = Literal["paused", "snapshots"]
 """Pauses, resumes and snapshots of big sandboxes take seconds."""
 
 
@@ -160,6 +161,25 @@ class NodeClient:
             "POST", f"/sandboxes/{sandbox_id}/snapshots",
             json=request.model_dump(mode="json"), timeout=CHECKPOINT_TIMEOUT,
         )
+        return _parse(CheckpointStatus, response)
+
+    async def move_checkpoint(
+        self, to: NodeClient, kind: CheckpointKind, checkpoint_id: str
+    ) -> CheckpointStatus:
+        """Copy a checkpoint (``paused`` sandbox or ``snapshots``) this node holds to node
+        ``to``, streamed through this process; the caller removes the original."""
+        url = f"/checkpoints/{kind}/{checkpoint_id}/archive"
+        try:
+            async with self._http.stream("GET", url, timeout=CHECKPOINT_TIMEOUT) as src:
+                if src.status_code >= 400:
+                    await src.aread()
+                    raise error_from_response(src)
+                response = await to._request(
+                    "PUT", url, content=src.aiter_raw(), timeout=CHECKPOINT_TIMEOUT,
+                    headers={"Content-Type": "application/x-tar"},
+                )
+        except httpx.TransportError as exc:
+            raise NodeUnreachable(f"moving checkpoint {checkpoint_id} failed: {exc}") from exc
         return _parse(CheckpointStatus, response)
 
     async def delete_snapshot(self, snapshot_id: str) -> bool:

@@ -106,20 +106,23 @@ class Context:
                 failed = failed or event.get("type") == "error"
                 await emit(event)
 
+            ended = False
             try:
                 await execute(kernel, code, watch, control)
+            except KernelDied:
+                ended = True  # gone or going (exit()): nothing to reset, it restarts
+                raise
             finally:
                 if failed and self.language in TSLAB_LANGUAGES:
                     self._quiet_until = asyncio.get_running_loop().time() + TSLAB_ERROR_QUIET
-                if env_vars and await kernel.is_alive():
+                if env_vars and not ended and await kernel.is_alive():
                     await self._tslab_quiet()
                     for reset in envs.reset_snippets(self.language, env_vars, sandbox):
                         await kernel.run_silent(reset)
-        except KernelDied:
-            code_ = kernel.exit_code()
+        except KernelDied as exc:
             await emit(events.error(
                 "ContextRestarting",
-                f"The kernel died (exit code {code_}) and was restarted; the context state is lost",
+                f"{exc} and was restarted; the context state is lost",
                 "",
             ))
             await self._recover(emit)

@@ -15,14 +15,15 @@ from typing import Any
 from shoal.interpreter import events
 from shoal.interpreter.events import Event
 from shoal.interpreter.formatters import TSLAB_ERROR, TSLAB_MAIN_RESULT
-from shoal.interpreter.kernels import Kernel
+from shoal.interpreter.kernels import Kernel, describe_exit, oom_kills
 from shoal.interpreter.mime import bundle_to_fields
 
 Emit = Callable[[Event], Awaitable[None]]
 
 
 class KernelDied(Exception):
-    pass
+    """The kernel ended during an execution; the message says how (``The kernel died (exit
+    code 1)``), for the error the caller gets."""
 
 
 class KernelStuck(Exception):
@@ -46,6 +47,7 @@ async def execute(
     kernel: Kernel, code: str, emit: Emit, control: Control, *, poll: float = 0.5
 ) -> None:
     kc = kernel.kc
+    oom_kills_before = oom_kills()
     msg_id = kc.execute(code, silent=False, store_history=True, allow_stdin=False)
     error_sent = False
 
@@ -60,7 +62,8 @@ async def execute(
                     return msg
                 continue
             if not await kernel.is_alive():
-                raise KernelDied
+                how = describe_exit(kernel.exit_code(), oom_kills_before)
+                raise KernelDied(f"The kernel died ({how})")
             await _check_deadline(kernel, control, emit)
 
     while True:
@@ -100,6 +103,17 @@ async def execute(
                                 reply.get("traceback", [])))
     elif status in ("abort", "aborted"):
         await emit(events.error("ExecutionAborted", "Execution was aborted", ""))
+    if _asked_to_exit(reply):
+        # IPython's exit()/quit() end the kernel a moment after this reply: say so now
+        # rather than let the next execution find a fresh kernel without its state
+        raise KernelDied("The kernel exited (the code called exit())")
+
+
+def _asked_to_exit(reply: dict[str, Any]) -> bool:
+    return any(
+        isinstance(p, dict) and p.get("source") == "ask_exit" and not p.get("keepkernel")
+        for p in reply.get("payload") or []
+    )
 
 
 async def _check_deadline(kernel: Kernel, control: Control, emit: Emit) -> None:

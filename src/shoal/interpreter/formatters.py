@@ -3,6 +3,7 @@
 ``e2b/data``: a pandas DataFrame as ``to_dict(orient="list")`` with timestamps ISO-formatted.
 ``e2b/chart``: a matplotlib Figure through ``e2b_charts.chart_figure_to_dict``.
 ``application/json``: plain dicts and lists. Every piece is skipped if its library is missing.
+Not a formatter, but per-start Python setup too: a child forked by a cell ends with the cell.
 """
 
 import json as _json
@@ -71,6 +72,24 @@ def __shoal_setup():
 
     formatters["application/json"].for_type(dict, plain_json)
     formatters["application/json"].for_type(list, plain_json)
+
+    import os
+
+    kernel_pid = os.getpid()
+
+    def end_forked_child(result):
+        """A child the cell forked (os.fork()) and that runs to the end of the cell would
+        go on as a second kernel on the same sockets, spinning a CPU for good: end it."""
+        if os.getpid() != kernel_pid:
+            import sys
+
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(0)
+
+    ip.events.register("post_run_cell", end_forked_child)
 
 
 __shoal_setup()

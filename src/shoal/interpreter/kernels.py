@@ -8,9 +8,12 @@ a restart budget.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 import time
+from pathlib import Path
 from typing import Any
 
 from jupyter_client.kernelspec import KernelSpecManager
@@ -31,6 +34,51 @@ class UnknownLanguage(Exception):
 
 class KernelUnavailable(Exception):
     """The kernel died too often and the context gave up on it."""
+
+
+#: the cgroup filesystem, seen from inside the sandbox (cgroup namespace: its root is the
+#: sandbox's own cgroup); v1 has the memory controller under ``memory/``
+CGROUP = Path("/sys/fs/cgroup")
+
+#: added to each kernel's ``oom_score_adj`` (raising one's own needs no privilege): when the
+#: sandbox runs out of memory, the out-of-memory killer then picks a kernel (whose context
+#: is restarted with a clear error) before this server, whose death would take every
+#: context with it
+KERNEL_OOM_SCORE_ADJ = 300
+
+
+def oom_kills(cgroup: Path = CGROUP) -> int | None:
+    """How many processes the out-of-memory killer ended in this sandbox's memory cgroup
+    (v1 ``memory.oom_control``, v2 ``memory.events``); None when neither is readable."""
+    for path in (cgroup / "memory" / "memory.oom_control", cgroup / "memory.events"):
+        with contextlib.suppress(OSError, ValueError):
+            for line in path.read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+    return None
+
+
+def memory_limit_mb(cgroup: Path = CGROUP) -> int | None:
+    """The sandbox's memory limit in MiB, or None when unlimited or unreadable."""
+    for path in (cgroup / "memory" / "memory.limit_in_bytes", cgroup / "memory.max"):
+        with contextlib.suppress(OSError, ValueError):
+            limit = int(path.read_text().strip())
+            return limit // 2**20 if limit < 2**60 else None
+    return None
+
+
+def describe_exit(code: int | None, oom_kills_before: int | None, cgroup: Path = CGROUP) -> str:
+    """What ended a kernel, for the error its caller gets: ``exit code 1``, or for a
+    SIGKILL that came with a new out-of-memory kill, that the sandbox ran out of memory."""
+    text = f"exit code {code}"
+    if code == -signal.SIGKILL and oom_kills_before is not None:
+        now = oom_kills(cgroup)
+        if now is not None and now > oom_kills_before:
+            limit = memory_limit_mb(cgroup)
+            where = f"its limit of {limit} MiB" if limit else "its limit"
+            text += f": killed by the out-of-memory killer, the sandbox's memory reached {where}"
+    return text
 
 
 def normalise(language: str | None) -> str:
@@ -96,7 +144,20 @@ class Kernel:
         env = dict(os.environ)
         env.pop("JPY_PARENT_PID", None)
         await self.km.start_kernel(cwd=self.cwd, env=env)
+        self._prefer_for_oom_kill()
         await self._connect()
+
+    def _prefer_for_oom_kill(self) -> None:
+        process = getattr(self.km.provisioner, "process", None)
+        pid = getattr(process, "pid", None)
+        if pid is None:
+            return
+        try:
+            path = Path(f"/proc/{pid}/oom_score_adj")
+            current = int(path.read_text())
+            path.write_text(str(min(1000, current + KERNEL_OOM_SCORE_ADJ)))
+        except (OSError, ValueError) as exc:
+            log.debug("could not raise the kernel's oom_score_adj: %s", exc)
 
     async def _connect(self) -> None:
         if self.kc is not None:
@@ -123,6 +184,7 @@ class Kernel:
     async def restart(self) -> None:
         """Restart now (state wiped); works whether the kernel is alive or dead."""
         await self.km.restart_kernel(now=True)
+        self._prefer_for_oom_kill()
         await self._connect()
 
     async def recover(self) -> None:

@@ -4,12 +4,18 @@ Used twice: by the proxy to reach a remote node agent, and by a node agent to re
 port inside a sandbox. Neither side buffers a body. If the upstream breaks while the
 response is streaming, the error propagates so the ASGI server aborts the client's
 connection instead of ending it cleanly: a client must be able to tell "the sandbox
-died" from "the stream ended".
+died" from "the stream ended". The other way round, a client that goes away mid-response
+closes the upstream connection: ASGI servers drop writes to a gone client silently, so
+without that a stream that never ends on its own (a kernel told to ``sleep`` forever,
+with keepalives) would hold the upstream open, and the upstream (the code interpreter,
+which interrupts the kernel on disconnect) would never learn its caller gave up.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable
 
 import httpx
 from starlette.types import Receive, Scope, Send
@@ -46,16 +52,46 @@ class UpstreamUnavailable(Exception):
     """The upstream refused or dropped the connection before answering."""
 
 
-async def _request_body(receive: Receive) -> AsyncIterator[bytes]:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-        body = message.get("body", b"")
-        if body:
-            yield body
-        if not message.get("more_body", False):
-            return
+class _RequestBody:
+    """The client's request body as an async iterator; ``complete`` once all of it was
+    read, after which ``receive`` has nothing left to give but the disconnect."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self.complete = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                return
+            body = message.get("body", b"")
+            if body:
+                yield body
+            if not message.get("more_body", False):
+                self.complete = True
+                return
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _until_disconnect(streaming: Awaitable[None], receive: Receive) -> None:
+    """Run ``streaming`` to its end, or until the client disconnects (then it is cancelled
+    and this returns, so the caller closes the upstream). Upstream errors propagate."""
+    pumping = asyncio.ensure_future(streaming)
+    watching = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait({pumping, watching}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (pumping, watching):
+            task.cancel()  # no-op on a finished one
+        with contextlib.suppress(BaseException):
+            await asyncio.gather(pumping, watching, return_exceptions=True)
+    if not pumping.cancelled():
+        pumping.result()
 
 
 def request_headers(
@@ -90,17 +126,14 @@ async def forward(
     has_body = any(n == b"content-length" and v != b"0" for n, v in scope["headers"]) or any(
         n == b"transfer-encoding" for n, _ in scope["headers"]
     )
-    request = client.build_request(
-        scope["method"],
-        url,
-        headers=headers,
-        content=_request_body(receive) if has_body else None,
-    )
+    body = _RequestBody(receive) if has_body else None
+    request = client.build_request(scope["method"], url, headers=headers, content=body)
     try:
         response = await client.send(request, stream=True)
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
         raise UpstreamUnavailable(str(exc)) from exc
-    try:
+
+    async def stream() -> None:
         await send(
             {
                 "type": "http.response.start",
@@ -112,5 +145,11 @@ async def forward(
             if chunk:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    try:
+        if body is None or body.complete:
+            await _until_disconnect(stream(), receive)
+        else:  # the upstream answered before reading all of it: receive is still the body's
+            await stream()
     finally:
         await response.aclose()

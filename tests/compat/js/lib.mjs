@@ -108,8 +108,9 @@ export class Sandboxes {
     this.created = []
   }
 
-  async create(opts) {
-    const sbx = await Sandbox.create(opts)
+  /** `cls`: the Sandbox class of "e2b", or of another SDK built on it (@e2b/code-interpreter). */
+  async create(opts, cls = Sandbox) {
+    const sbx = await cls.create(opts)
     this.created.push(sbx)
     return sbx
   }

@@ -5,6 +5,7 @@ sandboxes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator
@@ -31,13 +32,13 @@ LOOP = (
 )
 
 
-@pytest.fixture
-async def node() -> AsyncIterator[tuple[NodeAgent, NodeClient]]:
+@contextlib.asynccontextmanager
+async def running_node(name: str) -> AsyncIterator[tuple[NodeAgent, NodeClient]]:
     if os.geteuid() != 0:
         pytest.skip("needs root (namespaces, cgroups, crun, CRIU)")
     settings = Settings.from_env(
         {},
-        data_dir=scratch_dir("agent-ckpt"),
+        data_dir=scratch_dir(name),
         template_dir=TEMPLATES,
         node_id="nodeck" + secrets.token_hex(3),
         warm_pool=0,
@@ -55,6 +56,12 @@ async def node() -> AsyncIterator[tuple[NodeAgent, NodeClient]]:
             for held in d.all():
                 d.remove(held.checkpoint_id)
         await agent.runtime.release_node()
+
+
+@pytest.fixture
+async def node() -> AsyncIterator[tuple[NodeAgent, NodeClient]]:
+    async with running_node("agent-ckpt") as n:
+        yield n
 
 
 async def sh(sbx: LocalSandbox, script: str) -> str:
@@ -202,3 +209,40 @@ async def test_a_second_pause_while_one_runs_is_refused(
     sbx = agent.manager.get(sid)
     assert sbx is not None
     assert await sh(sbx, "stat -c %s /dev/shm/blob") == f"{64 * 2**20}\n"
+
+
+async def test_a_paused_sandbox_moves_to_another_node(
+    node: tuple[NodeAgent, NodeClient],
+) -> None:
+    agent, client = node
+    sid = await create(client)
+    sbx = agent.manager.get(sid)
+    assert sbx is not None
+    boot_id = await sh(sbx, f"echo moved > /tmp/file; {LOOP}; cat /proc/sys/kernel/random/boot_id")
+    await client.pause_sandbox(sid)
+    async with running_node("agent-ckpt-b") as (other, other_client):
+        assert other.settings.data_dir != agent.settings.data_dir
+        moved = await client.move_checkpoint(other_client, "paused", sid)
+        assert moved.checkpoint_id == sid and moved.memory
+        assert await client.kill_sandbox(sid)  # the original goes once the copy is there
+        await other_client.resume_sandbox(sid, ResumeRequest())
+        there = other.manager.get(sid)
+        assert there is not None
+        assert await sh(there, "cat /tmp/file") == "moved\n"
+        assert await sh(there, "cat /proc/sys/kernel/random/boot_id") == boot_id
+        seen = await counter(there)
+        await asyncio.sleep(0.3)
+        assert await counter(there) > seen
+        assert str(other.settings.data_dir) in str(there.container.rootfs)
+        with pytest.raises(NotFound):
+            await client.move_checkpoint(other_client, "paused", sid)  # nothing left here
+
+
+async def test_a_bad_archive_leaves_nothing(node: tuple[NodeAgent, NodeClient]) -> None:
+    agent, client = node
+    response = await client._http.put(
+        "/checkpoints/paused/abc/archive", content=b"not a tar at all" * 100
+    )
+    assert response.status_code == 400
+    assert agent.manager.checkpoints() == []
+    assert list(agent.manager.paused.root.iterdir()) == []

@@ -230,7 +230,12 @@ def test_stdin_and_exit(sbx: LocalSandbox, ctx: Context) -> None:
     execution = sbx.run_code("input('name? ')", context=ctx)
     assert execution.error is not None
     assert execution.error.name == "StdinNotImplementedError"
-    sbx.run_code("exit()", context=ctx, timeout=60)
+    sbx.run_code("before_exit = 1", context=ctx)
+    exited = sbx.run_code("exit()", context=ctx, timeout=60)
+    assert exited.error is not None and exited.error.name == "ContextRestarting"
+    assert "exit()" in exited.error.value
+    gone = sbx.run_code("before_exit", context=ctx, timeout=60)
+    assert gone.error is not None and gone.error.name == "NameError"
     assert sbx.run_code("5 + 5", context=ctx, timeout=60).text == "10"
 
 
