@@ -16,7 +16,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TypeVar
 
-from bench import files, interpreter, shoal
+from bench import files, interpreter, pause, shoal
 from bench.baseline import CrunBaseline
 from bench.memory import MemoryCost
 from bench.server import ShoalServer, live_server, node_id_of
@@ -47,6 +47,11 @@ class Results:
     ci_rt: Latency | None = None
     ci_idle: MemoryCost | None = None
     bare_kernel: interpreter.BareKernel | None = None
+    pause_base: pause.PauseResume | None = None
+    pause_ci: dict[int, pause.PauseResume] = field(default_factory=dict)
+    fork20: float | None = None
+    criu_idle: pause.RuntimeBaseline | None = None
+    criu_held: pause.RuntimeBaseline | None = None
     failed: list[str] = field(default_factory=list)
 
 
@@ -112,6 +117,8 @@ def run_shoal(args: argparse.Namespace, results: Results) -> None:
             run_shoal_sandboxes(args, results, server)
             if not args.skip_ci:
                 run_interpreter(args, results, server)
+            if not args.skip_pause:
+                run_pause(args, results, server)
         if not args.skip_files:
             results.files = files.measure_files(
                 server.data_dir.parent,
@@ -165,6 +172,31 @@ def run_interpreter(args: argparse.Namespace, results: Results, server: ShoalSer
         f"shoal {args.ci_idle} idle code-interpreter sandboxes",
         lambda: interpreter.idle_memory(node, args.ci_idle),
     )
+
+
+def run_pause(args: argparse.Namespace, results: Results, server: ShoalServer) -> None:
+    if not pause.criu_available():
+        results.failed.append("pause: CRIU is not installed (scripts/setup)")
+        return
+    runs = args.pause_runs
+    results.criu_idle = measure(
+        results, "runtime checkpoint/restore, idle", lambda: pause.runtime_baseline(runs, 0)
+    )
+    results.criu_held = measure(
+        results, "runtime checkpoint/restore, python 100 MiB",
+        lambda: pause.runtime_baseline(runs, 100),
+    )
+    results.pause_base = measure(
+        results, "shoal pause/resume, idle base", lambda: pause.base_idle(server.data_dir, runs)
+    )
+    for mib_, n in ((100, runs), (1024, max(1, runs // 2))):
+        got = measure(
+            results, f"shoal pause/resume, code interpreter holding {mib_} MiB",
+            lambda m=mib_, k=n: pause.interpreter_holding(server.data_dir, m, k),  # type: ignore[misc]
+        )
+        if got is not None:
+            results.pause_ci[mib_] = got
+    results.fork20 = measure(results, "shoal fork(20)", lambda: pause.fork_wall(20))
 
 
 def run_interpreter_cold(args: argparse.Namespace, results: Results) -> None:
@@ -302,6 +334,7 @@ def table(args: argparse.Namespace, r: Results) -> tuple[list[list[str]], list[s
         "a fresh overlay on the same rootfs per container; no seccomp, no init"
     )
     interpreter_rows(r, rows, notes)
+    pause_rows(r, rows, notes)
     if r.files:
         files_rows(r.files, rows, notes)
     return rows, notes
@@ -363,6 +396,64 @@ def interpreter_rows(r: Results, rows: list[list[str]], notes: list[str]) -> Non
             f"idle code interpreter (n={idle.count}, one `run_code` each; server, Python "
             f"and JavaScript kernels): rss+cache {mib(idle.cgroup_rss_cache_each)}, kmem "
             f"{mib(idle.cgroup_kmem_each)} each"
+        )
+
+
+def pause_rows(r: Results, rows: list[list[str]], notes: list[str]) -> None:
+    na = "—"
+    if r.pause_base is None and not r.pause_ci and r.fork20 is None:
+        return
+    base, ci, ri, rh = r.pause_base, r.pause_ci, r.criu_idle, r.criu_held
+    rows.append([
+        "pause, idle `base` sandbox (`pause()`), p50",
+        ms(base.pause.p50) if base else na,
+        f"{ms(ri.dump.p50)} `criu dump` (runtime, no API)" if ri else na,
+        na,
+    ])
+    rows.append([
+        "resume, idle `base` sandbox (`connect()`), p50",
+        ms(base.resume.p50) if base else na,
+        f"{ms(ri.restore.p50)} restore (runtime, no API)" if ri else na,
+        na,
+    ])
+    for mib_ in (100, 1024):
+        got = ci.get(mib_)
+        size = f"{mib_} MiB" if mib_ < 1024 else "1 GiB"
+        pause_goal = 0.400 * mib_ / 1024 if mib_ >= 1024 else None
+        cell = na
+        if got:
+            cell = ms(got.pause.p50)
+            if pause_goal is not None:
+                cell += mark(got.pause.p50 <= pause_goal)
+        rows.append([
+            f"pause, code interpreter holding {size}, p50",
+            cell,
+            f"{ms(rh.dump.p50)} `criu dump`, python holding 100 MiB" if rh and mib_ == 100 else na,
+            "≤ 400 ms per GiB" if pause_goal is not None else na,
+        ])
+        cell = na
+        if got:
+            cell = ms(got.resume.p50)
+            if mib_ == 100:
+                cell += mark(got.resume.p50 <= 0.150)
+        rows.append([
+            f"resume, code interpreter holding {size}, p50",
+            cell,
+            f"{ms(rh.restore.p50)} restore, python holding 100 MiB" if rh and mib_ == 100 else na,
+            "≤ 150 ms" if mib_ == 100 else na,
+        ])
+        if got:
+            rows.append([f"checkpoint on disk, code interpreter holding {size}",
+                         mib(got.size), na, na])
+    rows.append(["`fork(count=20)` of a `base` sandbox, wall",
+                 secs(r.fork20) if r.fork20 is not None else na, na, na])
+    if base:
+        notes.append(
+            f"pause/resume (n={base.pause.n} idle, checkpoint {mib(base.size)}): pause p90 "
+            f"{ms(base.pause.p90)}, resume p90 {ms(base.resume.p90)}; a background `sleep` is "
+            "checked alive after each resume; code-interpreter state checked by a sha256 of "
+            "the held bytes; runtime baselines are `runtime/checkpoint.py` alone on a bare "
+            "sandbox (criu dump = its freeze + dump)"
         )
 
 
@@ -488,6 +579,8 @@ def main(argv: list[str] | None = None) -> int:
         "--ci-cold-runs", type=int, default=5, help="firsts without a primed pool (5)"
     )
     parser.add_argument("--ci-idle", type=int, default=5, help="idle code interpreters (5)")
+    parser.add_argument("--skip-pause", action="store_true", help="no pause/resume rows")
+    parser.add_argument("--pause-runs", type=int, default=4, help="pause/resume cycles (4)")
     args = parser.parse_args(argv)
 
     if os.geteuid() != 0:

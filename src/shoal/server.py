@@ -96,8 +96,13 @@ def build_stack(settings: Settings) -> Stack:
         return found
 
     proxy = Proxy(
-        locate, node_token=settings.node_token, find_by_signature=SignatureFinder(signers)
+        locate,
+        node_token=settings.node_token,
+        find_by_signature=SignatureFinder(signers),
+        resume=api_app.state.lifecycle.auto_resume,
+        leaving=api_app.state.lifecycle.leaving,
     )
+    api_app.state.lifecycle.on_leave(proxy.forget)
     return Stack(settings, store, registry, agent, agent_app, api_app, proxy)
 
 

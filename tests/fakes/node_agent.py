@@ -3,6 +3,14 @@
 Only the node is fake; tests drive the real API, store and node client against it.
 Knobs: ``refuse`` (answer creates with 503 capacity), ``down`` (the transport fails as
 if the machine were unreachable), ``create_delay`` (slow creates, for concurrency).
+
+Pause, resume and snapshots follow the node protocol's contract: a pause moves a running
+sandbox into ``paused`` (its "checkpoint"), a resume moves it back, a kill removes either;
+snapshots are kept per id and creates with ``snapshot_id`` need one. Knobs:
+``pause_delay``/``resume_delay``/``snapshot_delay`` (seconds), ``fail_pause``/
+``fail_resume``/``fail_snapshot`` (answer 500; the sandbox keeps running, the checkpoint
+stays), ``checkpoint_size`` (bytes reported). Every call is appended to ``calls`` as
+``(operation, id)``.
 """
 
 from __future__ import annotations
@@ -23,11 +31,15 @@ from shoal.wire.node.models import (
     DEFAULT_MEMORY_MB,
     NODE_TOKEN_HEADER,
     PREFIX,
+    CheckpointStatus,
     CreateSandboxRequest,
     MetricSample,
     NodeInfo,
     NodeResources,
+    PauseRequest,
+    ResumeRequest,
     SandboxStatus,
+    SnapshotRequest,
 )
 
 
@@ -77,6 +89,17 @@ class FakeNode:
         self.samples: dict[str, list[MetricSample]] = {}
         """Metric samples per sandbox, set by tests (the real agent samples cgroups)."""
         self.metric_queries: list[dict[str, str]] = []
+        self.paused: dict[str, CheckpointStatus] = {}
+        self.snapshots: dict[str, CheckpointStatus] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.resume_requests: list[ResumeRequest] = []
+        self.pause_delay = 0.0
+        self.resume_delay = 0.0
+        self.snapshot_delay = 0.0
+        self.fail_pause = False
+        self.fail_resume = False
+        self.fail_snapshot = False
+        self.checkpoint_size = 4096
         self.app = Starlette(
             routes=[
                 Route(f"{PREFIX}/info", self._info, methods=["GET"]),
@@ -85,7 +108,34 @@ class FakeNode:
                 Route(f"{PREFIX}/sandboxes/{{sandbox_id}}", self._kill, methods=["DELETE"]),
                 Route(f"{PREFIX}/sandboxes/{{sandbox_id}}/metrics", self._metrics, methods=["GET"]),
                 Route(f"{PREFIX}/metrics", self._latest_metrics, methods=["GET"]),
+                Route(f"{PREFIX}/sandboxes/{{sandbox_id}}/pause", self._pause, methods=["POST"]),
+                Route(f"{PREFIX}/sandboxes/{{sandbox_id}}/resume", self._resume, methods=["POST"]),
+                Route(
+                    f"{PREFIX}/sandboxes/{{sandbox_id}}/snapshots",
+                    self._snapshot,
+                    methods=["POST"],
+                ),
+                Route(f"{PREFIX}/snapshots/{{snapshot_id}}", self._drop, methods=["DELETE"]),
+                Route(f"{PREFIX}/checkpoints", self._checkpoints, methods=["GET"]),
             ]
+        )
+
+    def count(self, operation: str, ident: str | None = None) -> int:
+        """How many ``operation`` calls (for ``ident``, if given) this node got."""
+        return sum(1 for op, i in self.calls if op == operation and ident in (None, i))
+
+    def _checkpoint(self, checkpoint_id: str, sandbox_id: str, memory: bool) -> CheckpointStatus:
+        req = self.requests.get(sandbox_id)
+        return CheckpointStatus(
+            checkpoint_id=checkpoint_id,
+            sandbox_id=sandbox_id,
+            template_id=req.template_id if req else "base",
+            memory=memory,
+            size_bytes=self.checkpoint_size,
+            created_at=datetime.now(UTC),
+            cpu_count=(req.cpu_count if req else None) or DEFAULT_CPU_COUNT,
+            memory_mb=(req.memory_mb if req else None) or DEFAULT_MEMORY_MB,
+            disk_mb=req.disk_mb if req else 1024,
         )
 
     @property
@@ -138,6 +188,10 @@ class FakeNode:
         req = CreateSandboxRequest.model_validate_json(await request.body())
         if req.template_id not in self.templates:
             return _error(404, f"template '{req.template_id}' not found")
+        if req.snapshot_id is not None:
+            self.calls.append(("create_from", req.snapshot_id))
+            if req.snapshot_id not in self.snapshots:
+                return _error(404, f"snapshot {req.snapshot_id} not found on this node")
         if self.refuse or len(self.sandboxes) >= self.max_sandboxes:
             return _error(503, f"node {self.node_id} is full")
         if self.create_delay:
@@ -158,10 +212,89 @@ class FakeNode:
         if not self._authorized(request):
             return _error(401, "invalid node token")
         sandbox_id = request.path_params["sandbox_id"]
-        if self.sandboxes.pop(sandbox_id, None) is None:
+        self.calls.append(("kill", sandbox_id))
+        running = self.sandboxes.pop(sandbox_id, None)
+        checkpoint = self.paused.pop(sandbox_id, None)
+        if running is None and checkpoint is None:
             return _error(404, f"sandbox {sandbox_id} not found on this node")
         self.killed.append(sandbox_id)
         return Response(status_code=204)
+
+    async def _pause(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return _error(401, "invalid node token")
+        sandbox_id = request.path_params["sandbox_id"]
+        req = PauseRequest.model_validate_json(await request.body())
+        self.calls.append(("pause", sandbox_id))
+        if sandbox_id not in self.sandboxes:
+            return _error(404, f"sandbox {sandbox_id} not running on this node")
+        if self.pause_delay:
+            await asyncio.sleep(self.pause_delay)
+        if self.fail_pause:
+            return _error(500, "checkpoint failed: criu said no")
+        if self.sandboxes.pop(sandbox_id, None) is None:  # killed while checkpointing
+            return _error(404, f"sandbox {sandbox_id} not running on this node")
+        held = self._checkpoint(sandbox_id, sandbox_id, req.memory)
+        self.paused[sandbox_id] = held
+        return JSONResponse(held.model_dump(mode="json"))
+
+    async def _resume(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return _error(401, "invalid node token")
+        sandbox_id = request.path_params["sandbox_id"]
+        req = ResumeRequest.model_validate_json(await request.body())
+        self.calls.append(("resume", sandbox_id))
+        self.resume_requests.append(req)
+        if sandbox_id not in self.paused:
+            return _error(404, f"sandbox {sandbox_id} is not paused on this node")
+        if self.resume_delay:
+            await asyncio.sleep(self.resume_delay)
+        if self.fail_resume:
+            return _error(500, "restore failed: criu said no")
+        held = self.paused.pop(sandbox_id)
+        status = SandboxStatus(
+            sandbox_id=sandbox_id,
+            template_id=held.template_id,
+            state="running",
+            started_at=datetime.now(UTC),
+            init_pid=4343,
+            cpu_count=held.cpu_count,
+            memory_mb=held.memory_mb,
+            disk_mb=held.disk_mb,
+        )
+        self.sandboxes[sandbox_id] = status
+        return JSONResponse(status.model_dump(mode="json"), status_code=201)
+
+    async def _snapshot(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return _error(401, "invalid node token")
+        sandbox_id = request.path_params["sandbox_id"]
+        req = SnapshotRequest.model_validate_json(await request.body())
+        self.calls.append(("snapshot", sandbox_id))
+        if sandbox_id not in self.sandboxes:
+            return _error(404, f"sandbox {sandbox_id} not running on this node")
+        if self.snapshot_delay:
+            await asyncio.sleep(self.snapshot_delay)
+        if self.fail_snapshot:
+            return _error(500, "snapshot failed: criu said no")
+        held = self._checkpoint(req.snapshot_id, sandbox_id, req.memory)
+        self.snapshots[req.snapshot_id] = held
+        return JSONResponse(held.model_dump(mode="json"), status_code=201)
+
+    async def _drop(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return _error(401, "invalid node token")
+        snapshot_id = request.path_params["snapshot_id"]
+        self.calls.append(("delete_snapshot", snapshot_id))
+        if self.snapshots.pop(snapshot_id, None) is None:
+            return _error(404, f"snapshot {snapshot_id} not found on this node")
+        return Response(status_code=204)
+
+    async def _checkpoints(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return _error(401, "invalid node token")
+        held = [*self.paused.values(), *self.snapshots.values()]
+        return JSONResponse([h.model_dump(mode="json") for h in held])
 
     async def _metrics(self, request: Request) -> Response:
         if not self._authorized(request):

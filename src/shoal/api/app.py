@@ -21,12 +21,14 @@ from fastapi import FastAPI
 from shoal import __version__
 from shoal.api.bootstrap import bootstrap
 from shoal.api.errors import install_error_handlers
+from shoal.api.lifecycle import Lifecycle
 from shoal.api.liveness import Liveness
 from shoal.api.metrics import MetricsService
 from shoal.api.reaper import Reaper
 from shoal.api.registry import NodeRegistry
-from shoal.api.routes import health, metrics, nodes, sandboxes
+from shoal.api.routes import health, metrics, nodes, sandboxes, snapshots
 from shoal.api.service import Clock, SandboxService, utcnow
+from shoal.api.snapshots import SnapshotService
 from shoal.config import Settings
 from shoal.store.base import Store
 
@@ -39,8 +41,11 @@ def build_api_app(
     clock: Clock = utcnow,
     reaper_interval: float = 0.5,
 ) -> FastAPI:
-    reaper = Reaper(store, registry, clock, interval=reaper_interval)
-    service = SandboxService(settings, store, registry, clock=clock, on_expiry=reaper.wake)
+    lifecycle = Lifecycle(settings, store, registry, clock)
+    reaper = Reaper(store, registry, clock, interval=reaper_interval, lifecycle=lifecycle)
+    service = SandboxService(
+        settings, store, registry, clock=clock, on_expiry=reaper.wake, lifecycle=lifecycle
+    )
     liveness = Liveness(store, registry, clock, interval=settings.heartbeat_interval)
 
     @asynccontextmanager
@@ -64,6 +69,7 @@ def build_api_app(
             stop.set()
             reaper.wake()
             await loops
+            await lifecycle.aclose()
 
     app = FastAPI(
         title="Shoal",
@@ -77,6 +83,8 @@ def build_api_app(
     app.state.store = store
     app.state.registry = registry
     app.state.service = service
+    app.state.lifecycle = lifecycle
+    app.state.snapshots = SnapshotService(service)
     app.state.metrics = MetricsService(service)
     app.state.reaper = reaper
     app.state.liveness = liveness
@@ -84,6 +92,7 @@ def build_api_app(
     app.include_router(health.router)
     app.include_router(metrics.router)  # before sandboxes: /sandboxes/metrics
     app.include_router(sandboxes.router)
+    app.include_router(snapshots.router)
     app.include_router(nodes.router)
     return app
 

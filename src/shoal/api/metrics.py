@@ -74,7 +74,7 @@ class MetricsService:
         except TimeoutError as exc:
             raise NodeUnreachable(f"node {rec.node_id} did not answer in time") from exc
         except errors.NotFound:
-            if rec.state is SandboxState.PAUSED:
+            if rec.state is not SandboxState.RUNNING:  # paused, or pausing/resuming
                 return []
             # Its node no longer has it: it died or is being killed right now.
             raise errors.SandboxNotFound(sandbox_id) from None

@@ -3,10 +3,22 @@
 A node agent in the same process is called directly as an ASGI app (no socket, no copy);
 a remote one through :func:`shoal.proxy.forward.forward`. Either way the response
 streams, and an upstream that breaks mid-response aborts the client's connection.
+
+**Pauses.** While the control plane pauses a sandbox (``leaving``), no new request is
+routed to it: it shows as paused already, and a request that reached it mid-checkpoint
+would be cut off.
+
+**Auto-resume.** A request for a sandbox that is not running goes to ``resume`` (the
+control plane's :meth:`shoal.api.lifecycle.Lifecycle.auto_resume`) before the 502: a
+paused sandbox created with ``autoResume`` is resumed while the request waits (its body
+not yet read; a pause under way is waited for first), then the request is forwarded as if
+nothing happened. Concurrent requests for the same sandbox share one attempt.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -30,6 +42,9 @@ class Upstream:
 
 Locator = Callable[[str], Awaitable[Upstream | None]]
 
+Resumer = Callable[[str], Awaitable[bool]]
+"""``sandbox_id -> running now?``: resume a paused sandbox that asked for it on traffic."""
+
 SignatureLocator = Callable[[str, bytes], Awaitable[str | None]]
 """``(method, query_string) -> sandbox_id``: the sandbox whose envd access token signed a
 header-less ``/files`` URL (see :class:`shoal.envd.files.signature.SignatureFinder`)."""
@@ -46,9 +61,14 @@ class Proxy:
         *,
         node_token: str | None = None,
         find_by_signature: SignatureLocator | None = None,
+        resume: Resumer | None = None,
+        leaving: Callable[[str], bool] | None = None,
     ) -> None:
         self._locate = locate
         self._find_by_signature = find_by_signature
+        self._resume = resume
+        self._leaving = leaving or (lambda _sandbox_id: False)
+        self._waking: dict[str, asyncio.Task[bool]] = {}
         self._cache: dict[str, tuple[float, Upstream]] = {}
         self._client = make_client()
         self._extra = [(b"x-shoal-node-token", node_token.encode())] if node_token else []
@@ -92,7 +112,10 @@ class Proxy:
             )
             return
         sandbox_id, _port = route
-        up = await self._upstream(sandbox_id)
+        up = None if self._leaving(sandbox_id) else await self._upstream(sandbox_id)
+        if up is None and await self._wake(sandbox_id):
+            self.forget(sandbox_id)
+            up = await self._upstream(sandbox_id)
         if up is None:
             await sandbox_not_found(send, sandbox_id)
             return
@@ -105,6 +128,25 @@ class Proxy:
         except UpstreamUnavailable:
             self.forget(sandbox_id)
             await sandbox_not_found(send, sandbox_id)
+
+    async def _wake(self, sandbox_id: str) -> bool:
+        """Auto-resume ``sandbox_id`` if it wants that; one attempt for concurrent callers."""
+        if self._resume is None:
+            return False
+        task = self._waking.get(sandbox_id)
+        if task is None:
+            task = asyncio.ensure_future(self._resume(sandbox_id))
+            self._waking[sandbox_id] = task
+            task.add_done_callback(lambda t: self._woken(sandbox_id, t))
+        with contextlib.suppress(Exception):
+            # Shielded: a client that gives up does not cancel the others' resume.
+            return await asyncio.shield(task)
+        return False
+
+    def _woken(self, sandbox_id: str, task: asyncio.Task[bool]) -> None:
+        self._waking.pop(sandbox_id, None)
+        if not task.cancelled():
+            task.exception()  # retrieved even if every waiting client went away
 
     async def _route_signed(self, scope: Scope, send: Send) -> Scope | None:
         """``download_url()`` / ``upload_url()`` with ``E2B_SANDBOX_URL`` come without routing

@@ -9,6 +9,7 @@ from shoal.scheduler.snapshot import NodeView, PlacementRequest, SchedulerConfig
 
 class Reason(StrEnum):
     EXCLUDED = "already tried"
+    OTHER_NODE = "not the required node"
     UNHEALTHY = "unhealthy"
     DRAINING = "draining"
     MISSING_TEMPLATE = "missing template"
@@ -29,6 +30,8 @@ def reject_reason(
     node: NodeView, request: PlacementRequest, config: SchedulerConfig
 ) -> Reason | None:
     """Why ``node`` cannot take ``request`` (first failing check), or None if it can."""
+    if request.only_node is not None and node.node_id != request.only_node:
+        return Reason.OTHER_NODE
     if node.node_id in request.exclude:
         return Reason.EXCLUDED
     if (request.now - node.last_seen).total_seconds() > config.node_dead_after:

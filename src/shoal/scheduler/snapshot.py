@@ -47,6 +47,9 @@ class PlacementRequest:
     now: datetime
     exclude: frozenset[str] = frozenset()
     """Nodes already tried for this create (they refused or were unreachable)."""
+    only_node: str | None = None
+    """The one node that may take it (a create from a snapshot, which stays on the node
+    that took it); None: any node."""
 
 
 @dataclass(frozen=True)

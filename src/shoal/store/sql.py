@@ -18,6 +18,10 @@ waiting); reads run on a small pool of their own. Cancelling a caller whose writ
 still queued drops the write; once it runs, it commits or rolls back whole regardless.
 Hot statements are built once at import with bind parameters, so each call hits
 SQLAlchemy's compiled cache instead of constructing a new statement.
+
+Schema changes are additive only: ``start()`` creates missing tables and adds missing
+columns to existing ones (``ALTER TABLE … ADD COLUMN``, each new column nullable or with a
+server default), so a database written by an older Shoal opens without a migration tool.
 """
 
 from __future__ import annotations
@@ -37,13 +41,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from shoal.store.base import (
-    LIVE_STATES,
+    COMPUTE_STATES,
     ApiKey,
     Node,
     NodeUsage,
+    PauseMode,
     SandboxQuery,
     SandboxRecord,
     SandboxState,
+    SnapshotQuery,
+    SnapshotRecord,
     Team,
 )
 
@@ -109,7 +116,35 @@ sandboxes = sa.Table(
     sa.Column("started_us", sa.BigInteger, nullable=False),
     sa.Column("end_us", sa.BigInteger, nullable=False, index=True),
     sa.Column("killed_us", sa.BigInteger, nullable=True),
+    # Added with pause/resume (columns added later must be nullable or have a server
+    # default: start() adds them to older databases).
+    sa.Column("auto_pause_memory", sa.Boolean, nullable=True),
+    sa.Column("auto_resume", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("timeout_s", sa.Integer, nullable=True),
+    sa.Column("pause_mode", sa.String(16), nullable=True),
+    sa.Column("checkpoint_bytes", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("paused_us", sa.BigInteger, nullable=True),
     sa.Index("ix_sandboxes_team_started", "team_id", "started_us", "sandbox_id"),
+)
+
+snapshots = sa.Table(
+    "snapshots",
+    metadata_obj,
+    sa.Column("snapshot_id", sa.String(64), primary_key=True),
+    sa.Column("team_id", sa.String(64), nullable=False),
+    sa.Column("name", sa.String(255), nullable=True),
+    sa.Column("sandbox_id", sa.String(64), nullable=False, index=True),
+    sa.Column("node_id", sa.String(64), nullable=False, index=True),
+    sa.Column("template_id", sa.String(255), nullable=False),
+    sa.Column("memory", sa.Boolean, nullable=False),
+    sa.Column("size_bytes", sa.BigInteger, nullable=False),
+    sa.Column("cpu_count", sa.Integer, nullable=False),
+    sa.Column("memory_mb", sa.Integer, nullable=False),
+    sa.Column("disk_mb", sa.Integer, nullable=False),
+    sa.Column("env_vars", sa.JSON, nullable=False),
+    sa.Column("created_us", sa.BigInteger, nullable=False),
+    sa.Index("ix_snapshots_team_created", "team_id", "created_us", "snapshot_id"),
+    sa.Index("ix_snapshots_team_name", "team_id", "name"),
 )
 
 sandbox_metadata = sa.Table(
@@ -153,6 +188,38 @@ def _record(row: Any) -> SandboxRecord:
         started_at=from_us(row["started_us"]),
         end_at=from_us(row["end_us"]),
         killed_at=from_us(row["killed_us"]) if row["killed_us"] is not None else None,
+        auto_pause_memory=row["auto_pause_memory"],
+        auto_resume=bool(row["auto_resume"]),
+        timeout_s=row["timeout_s"],
+        pause_mode=_pause_mode(row["pause_mode"]),
+        checkpoint_bytes=int(row["checkpoint_bytes"] or 0),
+        paused_at=from_us(row["paused_us"]) if row["paused_us"] is not None else None,
+    )
+
+
+def _pause_mode(raw: str | None) -> PauseMode | None:
+    if raw == "full":
+        return "full"
+    if raw == "filesystem":
+        return "filesystem"
+    return None
+
+
+def _snapshot(row: Any) -> SnapshotRecord:
+    return SnapshotRecord(
+        snapshot_id=row["snapshot_id"],
+        team_id=row["team_id"],
+        name=row["name"],
+        sandbox_id=row["sandbox_id"],
+        node_id=row["node_id"],
+        template_id=row["template_id"],
+        memory=bool(row["memory"]),
+        size_bytes=int(row["size_bytes"]),
+        cpu_count=row["cpu_count"],
+        memory_mb=row["memory_mb"],
+        disk_mb=row["disk_mb"],
+        env_vars=dict(row["env_vars"] or {}),
+        created_at=from_us(row["created_us"]),
     )
 
 
@@ -176,9 +243,20 @@ _NODE_USAGE = (
         sa.func.coalesce(sa.func.sum(_s.cpu_count), 0),
         sa.func.coalesce(sa.func.sum(_s.memory_mb), 0),
     )
-    .where(_s.state.in_(sorted(s.value for s in LIVE_STATES)))
+    .where(_s.state.in_(sorted(s.value for s in COMPUTE_STATES)))
     .group_by(_s.node_id)
 )
+# A resuming sandbox's checkpoint is still on its node until the resume is through.
+_CHECKPOINT_USAGE = (
+    sa.select(_s.node_id, sa.func.coalesce(sa.func.sum(_s.checkpoint_bytes), 0))
+    .where(_s.state.in_([SandboxState.PAUSED.value, SandboxState.RESUMING.value]))
+    .group_by(_s.node_id)
+)
+_SNAPSHOT_USAGE = sa.select(
+    snapshots.c.node_id, sa.func.coalesce(sa.func.sum(snapshots.c.size_bytes), 0)
+).group_by(snapshots.c.node_id)
+_GET_SNAPSHOT = snapshots.select().where(snapshots.c.snapshot_id == sa.bindparam("snid"))
+_DELETE_SNAPSHOT = snapshots.delete().where(snapshots.c.snapshot_id == sa.bindparam("snid"))
 _TEAM_FOR_KEY = sa.select(api_keys.c.team_id).where(api_keys.c.key_hash == sa.bindparam("kh"))
 _UPDATE_NODE = nodes.update().where(nodes.c.node_id == sa.bindparam("nid"))
 
@@ -226,6 +304,7 @@ class SqlStore:
         if self._sqlite and self.url.database not in (None, "", ":memory:"):
             Path(self.url.database or "").parent.mkdir(parents=True, exist_ok=True)
         await self._write(metadata_obj.create_all)
+        await self._write(_add_missing_columns)
 
     async def close(self) -> None:
         if self._async_engine is not None:
@@ -371,6 +450,12 @@ class SqlStore:
             "started_us": to_us(record.started_at),
             "end_us": to_us(record.end_at),
             "killed_us": to_us(record.killed_at) if record.killed_at else None,
+            "auto_pause_memory": record.auto_pause_memory,
+            "auto_resume": record.auto_resume,
+            "timeout_s": record.timeout_s,
+            "pause_mode": record.pause_mode,
+            "checkpoint_bytes": record.checkpoint_bytes,
+            "paused_us": to_us(record.paused_at) if record.paused_at else None,
         }
         meta = [
             {"sandbox_id": record.sandbox_id, "key": k, "value": v}
@@ -401,6 +486,10 @@ class SqlStore:
         killed_at: datetime | None = None,
         cpu_count: int | None = None,
         memory_mb: int | None = None,
+        auto_pause: bool | None = None,
+        pause_mode: PauseMode | None = None,
+        checkpoint_bytes: int | None = None,
+        paused_at: datetime | None = None,
         expect_states: frozenset[SandboxState] | None = None,
     ) -> bool:
         params: dict[str, Any] = {"sid": sandbox_id}
@@ -416,6 +505,14 @@ class SqlStore:
             params["cpu_count"] = cpu_count
         if memory_mb is not None:
             params["memory_mb"] = memory_mb
+        if auto_pause is not None:
+            params["auto_pause"] = auto_pause
+        if pause_mode is not None:
+            params["pause_mode"] = pause_mode
+        if checkpoint_bytes is not None:
+            params["checkpoint_bytes"] = checkpoint_bytes
+        if paused_at is not None:
+            params["paused_us"] = to_us(paused_at)
         if len(params) == 1:
             # Nothing to set: a no-op assignment still reports whether the row matched.
             params["sandbox_id"] = sandbox_id
@@ -495,10 +592,22 @@ class SqlStore:
 
     async def node_usage(self) -> dict[str, NodeUsage]:
         def tx(conn: sa.Connection) -> dict[str, NodeUsage]:
-            return {
-                node_id: NodeUsage(sandboxes=int(n), cpu_count=int(cpu), memory_mb=int(mem))
+            held: dict[str, int] = {}
+            for query in (_CHECKPOINT_USAGE, _SNAPSHOT_USAGE):
+                for node_id, size in conn.execute(query).all():
+                    held[node_id] = held.get(node_id, 0) + int(size)
+            usage = {
+                node_id: NodeUsage(
+                    sandboxes=int(n),
+                    cpu_count=int(cpu),
+                    memory_mb=int(mem),
+                    checkpoint_bytes=held.pop(node_id, 0),
+                )
                 for node_id, n, cpu, mem in conn.execute(_NODE_USAGE).all()
             }
+            for node_id, size in held.items():
+                usage[node_id] = NodeUsage(checkpoint_bytes=size)
+            return usage
 
         return await self._read(tx)
 
@@ -514,6 +623,121 @@ class SqlStore:
             return int(result.rowcount or 0)
 
         return await self._write(tx)
+
+    # snapshots
+
+    async def insert_snapshot(self, record: SnapshotRecord) -> None:
+        row = {
+            "snapshot_id": record.snapshot_id,
+            "team_id": record.team_id,
+            "name": record.name,
+            "sandbox_id": record.sandbox_id,
+            "node_id": record.node_id,
+            "template_id": record.template_id,
+            "memory": record.memory,
+            "size_bytes": record.size_bytes,
+            "cpu_count": record.cpu_count,
+            "memory_mb": record.memory_mb,
+            "disk_mb": record.disk_mb,
+            "env_vars": dict(record.env_vars),
+            "created_us": to_us(record.created_at),
+        }
+        c = snapshots.c
+
+        def tx(conn: sa.Connection) -> None:
+            if record.name is not None:
+                # The name moves to the newest snapshot, as a template's tag moves to its
+                # newest build; the older snapshot keeps its id.
+                conn.execute(
+                    snapshots.update()
+                    .where(c.team_id == record.team_id, c.name == record.name)
+                    .values(name=None)
+                )
+            conn.execute(snapshots.insert(), row)
+
+        await self._write(tx)
+
+    async def get_snapshot(self, snapshot_id: str) -> SnapshotRecord | None:
+        def tx(conn: sa.Connection) -> SnapshotRecord | None:
+            row = conn.execute(_GET_SNAPSHOT, {"snid": snapshot_id}).mappings().first()
+            return _snapshot(row) if row is not None else None
+
+        return await self._read(tx)
+
+    async def find_snapshot(self, team_id: str, ref: str) -> SnapshotRecord | None:
+        c = snapshots.c
+        stmt = (
+            snapshots.select()
+            .where(c.team_id == team_id, sa.or_(c.snapshot_id == ref, c.name == ref))
+            # The id wins over a name that happens to equal another snapshot's id.
+            .order_by(sa.case((c.snapshot_id == ref, 0), else_=1))
+            .limit(1)
+        )
+
+        def tx(conn: sa.Connection) -> SnapshotRecord | None:
+            row = conn.execute(stmt).mappings().first()
+            return _snapshot(row) if row is not None else None
+
+        return await self._read(tx)
+
+    async def list_snapshots(self, query: SnapshotQuery) -> list[SnapshotRecord]:
+        c = snapshots.c
+        stmt = snapshots.select().where(c.team_id == query.team_id)
+        if query.sandbox_id is not None:
+            stmt = stmt.where(c.sandbox_id == query.sandbox_id)
+        if query.ref is not None:
+            stmt = stmt.where(sa.or_(c.snapshot_id == query.ref, c.name == query.ref))
+        if query.after is not None:
+            at, sid = to_us(query.after.created_at), query.after.snapshot_id
+            stmt = stmt.where(
+                sa.or_(c.created_us < at, sa.and_(c.created_us == at, c.snapshot_id < sid))
+            )
+        stmt = stmt.order_by(c.created_us.desc(), c.snapshot_id.desc())
+        if query.limit is not None:
+            stmt = stmt.limit(query.limit)
+
+        def tx(conn: sa.Connection) -> list[SnapshotRecord]:
+            return [_snapshot(r) for r in conn.execute(stmt).mappings()]
+
+        return await self._read(tx)
+
+    async def delete_snapshot(self, snapshot_id: str) -> bool:
+        def tx(conn: sa.Connection) -> bool:
+            return bool(conn.execute(_DELETE_SNAPSHOT, {"snid": snapshot_id}).rowcount)
+
+        return await self._write(tx)
+
+
+def _add_missing_columns(conn: sa.Connection) -> None:
+    """Bring tables an older Shoal created up to this schema (columns only ever added)."""
+    inspector = sa.inspect(conn)
+    quote = conn.dialect.identifier_preparer.quote
+    for table in metadata_obj.sorted_tables:
+        present = {col["name"] for col in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            ddl = (
+                f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} "
+                f"{column.type.compile(dialect=conn.dialect)}"
+            )
+            default = column.server_default
+            if isinstance(default, sa.DefaultClause):
+                arg = default.arg
+                value = (
+                    arg
+                    if isinstance(arg, str)
+                    else str(
+                        arg.compile(  # type: ignore[union-attr]
+                            dialect=conn.dialect, compile_kwargs={"literal_binds": True}
+                        )
+                    )
+                )
+                ddl += f" DEFAULT {value} NOT NULL"
+            elif not column.nullable:
+                raise RuntimeError(f"column {table.name}.{column.name} needs a server default")
+            log.info("store: adding column %s.%s", table.name, column.name)
+            conn.execute(sa.text(ddl))
 
 
 def _records(

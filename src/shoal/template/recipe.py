@@ -226,6 +226,9 @@ rm -rf {KERNELS_DIR}/javascript {KERNELS_DIR}/typescript
 mv {KERNELS_DIR}/jslab {KERNELS_DIR}/javascript
 mv {KERNELS_DIR}/tslab {KERNELS_DIR}/typescript
 # tslab's specs run "tslab" from PATH: pin it, kernels must not depend on the caller's PATH.
+# Its TypeScript compiler watches its own @types trees; with inotify those are ~170 watches
+# on overlayfs files, which CRIU cannot checkpoint (no file handles without nfs_export), so
+# a paused sandbox would fail. Polling (stat on a slowing schedule) watches the same files.
 for spec in {KERNELS_DIR}/javascript/kernel.json {KERNELS_DIR}/typescript/kernel.json; do
   python - "$spec" "$(command -v tslab)" <<'END'
 import json, sys
@@ -233,6 +236,10 @@ path, binary = sys.argv[1:]
 with open(path) as f:
     spec = json.load(f)
 spec["argv"][0] = binary
+spec["env"] = {{
+    "TSC_WATCHFILE": "DynamicPriorityPolling",
+    "TSC_WATCHDIRECTORY": "RecursiveDirectoryUsingFsWatchFile",
+}}
 with open(path, "w") as f:
     json.dump(spec, f, indent=1)
 END

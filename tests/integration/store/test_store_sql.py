@@ -4,15 +4,12 @@ cursors, due sandboxes, usage. Every test runs on both backends."""
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy.exc import IntegrityError
-from support.postgres import postgres_server
 
 from shoal.store import (
     ApiKey,
@@ -27,40 +24,6 @@ from shoal.store import (
 from shoal.store.sql import from_us, to_us
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 250001, tzinfo=UTC)
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to run a private PostgreSQL server")
-    with postgres_server() as url:
-        yield url
-
-
-async def _reset(url: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
-    finally:
-        await conn.close()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.root)])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SqlStore]:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'nested' / 'shoal.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-        await _reset(url)
-    s = SqlStore(url)
-    await s.start()
-    await s.start()  # idempotent
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 def rec(sid: str, *, at: datetime = T0, **kw: object) -> SandboxRecord:

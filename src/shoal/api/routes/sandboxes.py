@@ -1,4 +1,5 @@
-"""E2B's sandbox endpoints, v1 and v2 (both generations of the SDK are in use)."""
+"""E2B's sandbox endpoints, v1 and v2 (both generations of the SDK are in use), with
+pause and resume (connect resumes a paused sandbox: 201 instead of 200)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from shoal.wire.api.models import (
     ConnectSandbox,
     ConnectSandboxV1,
     NewSandbox,
+    PauseSandbox,
     RefreshRequest,
+    ResumeSandbox,
     TimeoutRequest,
     to_wire,
 )
@@ -34,16 +37,36 @@ async def create_sandbox(body: NewSandbox, team: Team, service: Service) -> JSON
 async def connect_sandbox(
     sandbox_id: str, body: ConnectSandbox, team: Team, service: Service
 ) -> JSONResponse:
-    sandbox = await service.connect(team, sandbox_id, body.timeout)
-    return JSONResponse(to_wire(sandbox), status_code=200)
+    sandbox, resumed = await service.connect(team, sandbox_id, body.timeout, memory=body.memory)
+    return JSONResponse(to_wire(sandbox), status_code=201 if resumed else 200)
 
 
 @router.post("/sandboxes/{sandbox_id}/connect")
 async def connect_sandbox_v1(
     sandbox_id: str, body: ConnectSandboxV1, team: Team, service: Service
 ) -> JSONResponse:
-    sandbox = await service.connect(team, sandbox_id, body.timeout)
-    return JSONResponse(to_wire(sandbox), status_code=200)
+    sandbox, resumed = await service.connect(team, sandbox_id, body.timeout, memory=body.memory)
+    return JSONResponse(to_wire(sandbox), status_code=201 if resumed else 200)
+
+
+@router.post("/sandboxes/{sandbox_id}/resume", status_code=201)
+async def resume_sandbox(
+    sandbox_id: str, team: Team, service: Service, body: ResumeSandbox | None = None
+) -> JSONResponse:
+    """Legacy (early 2.x SDKs): only a paused sandbox; a running one is a 409."""
+    body = body or ResumeSandbox()
+    sandbox = await service.resume(team, sandbox_id, body.timeout, body.auto_pause)
+    return JSONResponse(to_wire(sandbox), status_code=201)
+
+
+@router.post("/sandboxes/{sandbox_id}/pause", status_code=204)
+async def pause_sandbox(
+    sandbox_id: str, team: Team, service: Service, body: PauseSandbox | None = None
+) -> Response:
+    # requireHealthyGuest is accepted and needs nothing more: the node refuses a pause
+    # (and the sandbox keeps running) whenever it cannot checkpoint the sandbox whole.
+    await service.pause(team, sandbox_id, memory=body.memory if body else None)
+    return Response(status_code=204)
 
 
 @router.get("/v2/sandboxes")

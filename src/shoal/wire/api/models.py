@@ -62,6 +62,36 @@ class ConnectSandbox(_Request):
 
 class ConnectSandboxV1(_Request):
     timeout: int
+    memory: bool | None = None
+
+
+class ResumeSandbox(_Request):
+    """Body of the legacy ``POST /sandboxes/{id}/resume`` (early 2.x SDKs)."""
+
+    timeout: int | None = None
+    auto_pause: bool | None = Field(default=None, alias="autoPause")
+
+
+class PauseSandbox(_Request):
+    """Body of ``POST /sandboxes/{id}/pause`` (the Python SDK always sends one, ``{}``)."""
+
+    memory: bool | None = None
+    """False: keep the disk only (``mode="filesystem"``); None: memory too."""
+    require_healthy_guest: bool | None = Field(default=None, alias="requireHealthyGuest")
+
+
+class NewSnapshot(_Request):
+    """Body of ``POST /sandboxes/{id}/snapshots``."""
+
+    name: str | None = Field(default=None, max_length=255)
+    memory: bool | None = None
+
+
+class ForkSandbox(_Request):
+    """Body of ``POST /sandboxes/{id}/fork``."""
+
+    timeout: int | None = None
+    count: int | None = None
 
 
 class TimeoutRequest(_Request):
@@ -115,6 +145,16 @@ class SandboxDetail(ListedSandbox):
     allow_internet_access: bool | None = Field(default=None, alias="allowInternetAccess")
     domain: str | None = None
     lifecycle: SandboxLifecycle = Field(default_factory=SandboxLifecycle)
+    pause_mode: Literal["full", "filesystem"] | None = Field(default=None, alias="pauseMode")
+    """What the latest pause kept; only while paused (absent while the pause runs)."""
+
+
+class SnapshotInfo(_Response):
+    """Response of ``POST /sandboxes/{id}/snapshots`` and items of ``GET /snapshots``."""
+
+    snapshot_id: str = Field(alias="snapshotID")
+    """Usable as ``templateID`` to create sandboxes from it."""
+    names: list[str] = Field(default_factory=list)
 
 
 class SandboxMetric(_Response):
@@ -143,20 +183,33 @@ class ErrorBody(_Response):
     error_code: str | None = None
 
 
+class SandboxForkResult(_Response):
+    """One fork: exactly one of ``sandbox`` and ``error``."""
+
+    sandbox: Sandbox | None = None
+    error: ErrorBody | None = None
+
+
 __all__ = [
     "AutoResume",
     "ConnectSandbox",
     "ConnectSandboxV1",
     "ErrorBody",
+    "ForkSandbox",
     "ListedSandbox",
     "NewSandbox",
+    "NewSnapshot",
+    "PauseSandbox",
     "RefreshRequest",
+    "ResumeSandbox",
     "Sandbox",
     "SandboxDetail",
+    "SandboxForkResult",
     "SandboxLifecycle",
     "SandboxMetric",
     "SandboxState",
     "SandboxesWithMetrics",
+    "SnapshotInfo",
     "TimeoutRequest",
     "to_wire",
 ]
