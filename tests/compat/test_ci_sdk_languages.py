@@ -34,6 +34,25 @@ def test_default_contexts_include_python_and_javascript(ci) -> None:  # type: ig
     assert all(c.cwd == "/home/user" for c in listed if c.language in ("python", "javascript"))
 
 
+def test_the_default_javascript_kernel_starts_at_its_first_use(shoal_server) -> None:  # type: ignore[no-untyped-def]
+    """Listed from the start, but no JS kernel (~100 MiB) runs until JavaScript is run."""
+    from e2b_code_interpreter import Sandbox
+
+    sbx = Sandbox.create(envs={"WHO": "lazy"}, timeout=120)
+    try:
+        count = "pgrep -fc '[t]slab kernel' || true"
+        assert "javascript" in [c.language for c in sbx.list_code_contexts()]
+        assert sbx.run_code("1 + 1").text == "2"
+        assert sbx.commands.run(count).stdout == "0\n"
+        execution = sbx.run_code("process.env.WHO + (40 + 2)", language="javascript")
+        assert execution.error is None and execution.text == "lazy42"
+        assert sbx.commands.run(count).stdout == "1\n"
+        js = [c for c in sbx.list_code_contexts() if c.language == "javascript"]
+        assert len(js) == 1  # the default one, now started; no second context
+    finally:
+        sbx.kill()
+
+
 def test_javascript_console_log(ci) -> None:  # type: ignore[no-untyped-def]
     execution = ci.run_code('console.log("Hello, " + "World!")', language="javascript")
     assert _stdout(execution) == "Hello, World!\n"

@@ -126,7 +126,11 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state["registry"] = registry or Registry(settings)
         started = await asyncio.gather(
-            *(reg().default(lang) for lang in settings.default_languages), return_exceptions=True
+            *(
+                reg().default(lang, lazy=lang not in settings.eager_languages)
+                for lang in settings.default_languages
+            ),
+            return_exceptions=True,
         )
         for language, outcome in zip(settings.default_languages, started, strict=True):
             if isinstance(outcome, UnknownLanguage):

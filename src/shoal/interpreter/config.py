@@ -57,6 +57,10 @@ class Settings:
     restart_window: float = 60.0
     #: languages whose default context is created at start (skipped when no kernel exists)
     default_languages: tuple[str, ...] = field(default=("python", "javascript"))
+    #: of those, the ones whose kernel starts with the server; the others' start at their
+    #: first execution (a JS kernel is ~100 MiB every idle sandbox would hold, and
+    #: checkpoint, for a language most sessions never use)
+    eager_languages: tuple[str, ...] = field(default=("python",))
 
     @classmethod
     def from_env(cls) -> Settings:

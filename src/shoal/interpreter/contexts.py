@@ -92,7 +92,9 @@ class Context:
         kernel = self.kernel
         try:
             await self._tslab_quiet()
-            if not await kernel.is_alive():
+            if not kernel.started:  # a default context's kernel starts at its first use
+                await kernel.start()
+            elif not await kernel.is_alive():
                 await kernel.recover()
             await self.setup()
             sandbox = await self._apply_sandbox_envs(token)
@@ -185,7 +187,10 @@ class Registry:
         self._defaults: dict[str, str] = {}
         self._default_locks: dict[str, asyncio.Lock] = {}
 
-    async def create(self, language: str | None = None, cwd: str | None = None) -> Context:
+    async def create(
+        self, language: str | None = None, cwd: str | None = None, *, lazy: bool = False
+    ) -> Context:
+        """A new context; ``lazy``: its kernel starts at its first execution."""
         lang = normalise(language)
         kernel = Kernel(
             self.catalog, self.catalog.spec_for(lang), cwd or self.settings.cwd,
@@ -193,18 +198,19 @@ class Registry:
             max_restarts=self.settings.max_restarts,
             restart_window=self.settings.restart_window,
         )
-        await kernel.start()
         ctx = Context(str(uuid.uuid4()), lang, kernel.cwd, kernel, self.settings,
                       self.sandbox_envs)
-        try:
-            await ctx.setup()
-        except Exception:
-            await kernel.shutdown()
-            raise
+        if not lazy:
+            await kernel.start()
+            try:
+                await ctx.setup()
+            except Exception:
+                await kernel.shutdown()
+                raise
         self._contexts[ctx.id] = ctx
         return ctx
 
-    async def default(self, language: str | None) -> Context:
+    async def default(self, language: str | None, *, lazy: bool = False) -> Context:
         """The default context of a language, created on first use."""
         lang = normalise(language)
         self.catalog.spec_for(lang)  # unknown language: fail before locking
@@ -213,7 +219,7 @@ class Registry:
             context_id = self._defaults.get(lang)
             if context_id is not None and context_id in self._contexts:
                 return self._contexts[context_id]
-            ctx = await self.create(lang)
+            ctx = await self.create(lang, lazy=lazy)
             self._defaults[lang] = ctx.id
             return ctx
 

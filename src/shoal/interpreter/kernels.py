@@ -139,10 +139,13 @@ class Kernel:
         self._deaths: list[float] = []
         #: bumped on every (re)start: per-start setup (env vars, formatters) must be redone
         self.generation = 0
+        #: False until the first start: a context's kernel may start at its first use
+        self.started = False
 
     async def start(self) -> None:
         env = dict(os.environ)
         env.pop("JPY_PARENT_PID", None)
+        self.started = True
         await self.km.start_kernel(cwd=self.cwd, env=env)
         self._prefer_for_oom_kill()
         await self._connect()
@@ -174,7 +177,7 @@ class Kernel:
         self.generation += 1
 
     async def is_alive(self) -> bool:
-        return bool(await self.km.is_alive())
+        return self.started and bool(await self.km.is_alive())
 
     def exit_code(self) -> int | None:
         provisioner = self.km.provisioner
@@ -183,6 +186,9 @@ class Kernel:
 
     async def restart(self) -> None:
         """Restart now (state wiped); works whether the kernel is alive or dead."""
+        if not self.started:  # nothing to wipe
+            await self.start()
+            return
         await self.km.restart_kernel(now=True)
         self._prefer_for_oom_kill()
         await self._connect()
@@ -200,6 +206,8 @@ class Kernel:
         await self.restart()
 
     async def interrupt(self) -> None:
+        if not self.started:
+            return
         try:
             await self.km.interrupt_kernel()
         except Exception as exc:  # a dead kernel cannot be interrupted; supervision handles it
@@ -209,6 +217,8 @@ class Kernel:
         if self.kc is not None:
             self.kc.stop_channels()
             self.kc = None
+        if not self.started:
+            return
         try:
             await self.km.shutdown_kernel(now=True)
         except Exception as exc:
