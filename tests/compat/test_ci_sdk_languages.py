@@ -118,6 +118,13 @@ def test_typescript_typed_expression(ci) -> None:  # type: ignore[no-untyped-def
     assert execution.text == "42"
 
 
+def test_typescript_type_error_is_a_named_error(ci) -> None:  # type: ignore[no-untyped-def]
+    execution = ci.run_code("const n: number = 'not a number';", language="typescript")
+    assert execution.error is not None
+    assert execution.error.name == "TSError"
+    assert "is not assignable to type 'number'" in execution.error.value
+
+
 def test_r_hello_world(ci) -> None:  # type: ignore[no-untyped-def]
     execution = ci.run_code('print("Hello, World!")', language="r")
     assert execution.error is None

@@ -21,6 +21,10 @@ from shoal.interpreter.mime import bundle_to_fields
 Emit = Callable[[Event], Awaitable[None]]
 
 
+STDERR_KEPT = 64
+"""stderr chunks kept to describe an error the kernel leaves unnamed."""
+
+
 class KernelDied(Exception):
     """The kernel ended during an execution; the message says how (``The kernel died (exit
     code 1)``), for the error the caller gets."""
@@ -50,6 +54,7 @@ async def execute(
     oom_kills_before = oom_kills()
     msg_id = kc.execute(code, silent=False, store_history=True, allow_stdin=False)
     error_sent = False
+    stderr: list[str] = []
 
     async def next_msg(get: Callable[..., Awaitable[dict[str, Any]]]) -> dict[str, Any]:
         while True:
@@ -76,6 +81,8 @@ async def execute(
         elif kind == "execute_input":
             await emit(events.number_of_executions(int(content.get("execution_count") or 0)))
         elif kind == "stream":
+            if content.get("name") == "stderr" and len(stderr) < STDERR_KEPT:
+                stderr.append(content.get("text", ""))
             await emit(events.output(content.get("name", "stdout"), content.get("text", ""),
                                      msg["header"].get("date")))
         elif kind in ("display_data", "update_display_data"):
@@ -99,8 +106,13 @@ async def execute(
     reply = (await next_msg(kc.get_shell_msg))["content"]
     status = reply.get("status")
     if status == "error" and not error_sent:
-        await emit(events.error(reply.get("ename", "Error"), reply.get("evalue", ""),
-                                reply.get("traceback", [])))
+        name, value = reply.get("ename") or "", reply.get("evalue") or ""
+        if not name and not value and stderr:
+            # tslab reports TypeScript diagnostics ("1:7 - Type 'string' is not assignable
+            # to type 'number'.") on stderr with a bare error reply: name them as ts-node
+            # does, with the diagnostics as the message
+            name, value = "TSError", "".join(stderr).strip()
+        await emit(events.error(name or "Error", value, reply.get("traceback", [])))
     elif status in ("abort", "aborted"):
         await emit(events.error("ExecutionAborted", "Execution was aborted", ""))
     if _asked_to_exit(reply):
