@@ -72,6 +72,8 @@ class SandboxManager:
         self.snapshots = CheckpointDir(root / "snapshots")
         self._pausing: dict[str, asyncio.Event] = {}
         """Sandboxes being checkpointed; the event is set when that is over."""
+        self._leaving: set[str] = set()
+        """Sandboxes being paused: closed to the data plane (``gone`` set), still listed."""
         self.pool = WarmPool(runtime, warm_pool)
         self.primed = PrimedPool(
             primed_pool, runtime, templates.resolve, self._connect, service_for, READY_TIMEOUT
@@ -94,7 +96,12 @@ class SandboxManager:
         return sbx
 
     def running(self) -> list[LocalSandbox]:
-        return [s for s in self._sandboxes.values() if not s.gone.is_set()]
+        """What runs here, a sandbox being paused included (it still may run on)."""
+        return [
+            s
+            for s in self._sandboxes.values()
+            if not s.gone.is_set() or s.sandbox_id in self._leaving
+        ]
 
     def on_gone(self, listener: GoneListener) -> None:
         """Call ``listener(sandbox_id)`` whenever a sandbox stops existing on this node."""
@@ -434,11 +441,11 @@ class SandboxManager:
 
     def _hold(self, sandbox_id: str) -> LocalSandbox:
         """A running sandbox to checkpoint, marked busy (until ``_unhold``)."""
+        if sandbox_id in self._pausing or sandbox_id in self._killing:
+            raise InvalidStateTransition(f"sandbox {sandbox_id} is being paused or killed")
         sbx = self.get(sandbox_id)
         if sbx is None:
             raise NotFound(f"sandbox {sandbox_id} is not running on this node")
-        if sandbox_id in self._pausing or sandbox_id in self._killing:
-            raise InvalidStateTransition(f"sandbox {sandbox_id} is being paused or killed")
         self._pausing[sandbox_id] = asyncio.Event()
         return sbx
 
@@ -449,8 +456,15 @@ class SandboxManager:
 
     async def pause(self, sandbox_id: str, *, memory: bool = True) -> CheckpointStatus:
         """Checkpoint a sandbox (with ``memory``: processes and memory, else the disk only)
-        and release it. On failure the sandbox keeps running."""
+        and release it. On failure the sandbox keeps running.
+
+        From the start the data plane treats the sandbox as gone: requests in flight are
+        aborted (as a paused VM cuts its connections) and new ones answer 502, so no
+        host-side file operation writes into its disk while the disk is taken (an upload
+        answered 200 after that would be lost on resume). A pause that fails undoes it."""
         sbx = self._hold(sandbox_id)
+        self._leaving.add(sandbox_id)
+        sbx.gone.set()
         try:
             checkpointer = self._checkpointer() if memory else None
             record = {**self._record(sbx), "memory": memory, "checkpoint_id": sandbox_id,
@@ -465,13 +479,20 @@ class SandboxManager:
                 await asyncio.to_thread(self.paused.remove, sandbox_id)
                 if memory or self.runtime.dir_of(sandbox_id).exists():
                     raise
+                self._leaving.discard(sandbox_id)
                 await self._let_go(sbx)  # disk-only: the sandbox was stopped, then lost
                 self._sandboxes.pop(sandbox_id, None)
                 raise
             held = await asyncio.to_thread(self.paused.commit, sandbox_id, record)
+            self._leaving.discard(sandbox_id)
             await self._let_go(sbx)
             self._sandboxes.pop(sandbox_id, None)
+        except BaseException:
+            if sandbox_id in self._leaving and self._sandboxes.get(sandbox_id) is sbx:
+                sbx.gone.clear()  # it runs on: serve it again
+            raise
         finally:
+            self._leaving.discard(sandbox_id)
             self._unhold(sandbox_id)
         log.info("sandbox %s paused (%s)", sandbox_id, "memory" if memory else "disk only")
         return await asyncio.to_thread(held.status)
