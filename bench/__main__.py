@@ -52,6 +52,7 @@ class Results:
     fork20: float | None = None
     criu_idle: pause.RuntimeBaseline | None = None
     criu_held: pause.RuntimeBaseline | None = None
+    criu_gib: pause.RuntimeBaseline | None = None
     failed: list[str] = field(default_factory=list)
 
 
@@ -185,6 +186,10 @@ def run_pause(args: argparse.Namespace, results: Results, server: ShoalServer) -
     results.criu_held = measure(
         results, "runtime checkpoint/restore, python 100 MiB",
         lambda: pause.runtime_baseline(runs, 100),
+    )
+    results.criu_gib = measure(
+        results, "runtime checkpoint/restore, python 1 GiB",
+        lambda: pause.runtime_baseline(max(1, runs // 2), 1024),
     )
     results.pause_base = measure(
         results, "shoal pause/resume, idle base", lambda: pause.base_idle(server.data_dir, runs)
@@ -425,10 +430,11 @@ def pause_rows(r: Results, rows: list[list[str]], notes: list[str]) -> None:
             cell = ms(got.pause.p50)
             if pause_goal is not None:
                 cell += mark(got.pause.p50 <= pause_goal)
+        held = rh if mib_ == 100 else r.criu_gib
         rows.append([
             f"pause, code interpreter holding {size}, p50",
             cell,
-            f"{ms(rh.dump.p50)} `criu dump`, python holding 100 MiB" if rh and mib_ == 100 else na,
+            f"{ms(held.dump.p50)} `criu dump`, python holding {size}" if held else na,
             "≤ 400 ms per GiB" if pause_goal is not None else na,
         ])
         cell = na
@@ -439,7 +445,7 @@ def pause_rows(r: Results, rows: list[list[str]], notes: list[str]) -> None:
         rows.append([
             f"resume, code interpreter holding {size}, p50",
             cell,
-            f"{ms(rh.restore.p50)} restore, python holding 100 MiB" if rh and mib_ == 100 else na,
+            f"{ms(held.restore.p50)} restore, python holding {size}" if held else na,
             "≤ 150 ms" if mib_ == 100 else na,
         ])
         if got:

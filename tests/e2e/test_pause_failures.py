@@ -42,9 +42,16 @@ IGNORE_FDS = 10**6
 
 
 def held(server: ShoalServer, kind: str) -> set[str]:
-    """The checkpoints (``paused`` or ``snapshots``) the node keeps on disk, finished or not."""
+    """The checkpoints (``paused`` or ``snapshots``) the node keeps on disk, finished or not,
+    once those it set aside after a resume (``.gone-*``, removed in the background) are gone."""
     root = server.data_dir / kind
-    return {p.name for p in root.iterdir()} if root.is_dir() else set()
+    if not root.is_dir():
+        return set()
+    deadline = time.monotonic() + 20
+    while any(p.name.startswith(".gone-") for p in root.iterdir()):
+        assert time.monotonic() < deadline, f"{root}: a consumed checkpoint was never removed"
+        time.sleep(0.05)
+    return {p.name for p in root.iterdir()}
 
 
 def bytes_under(path: Path) -> int:
@@ -446,6 +453,7 @@ def test_checkpoint_and_snapshot_bytes_are_accounted_and_freed(
             pause_dir = paused_dir / sbx.sandbox_id
             assert bytes_under(pause_dir) > 32 * mib
             # What placement counts is what the node holds.
+            held(e2e_server, "paused")  # earlier resumes' leftovers removed
             on_disk = bytes_under(paused_dir) + bytes_under(snapshots_dir)
             assert accounted(e2e_server) == on_disk
 

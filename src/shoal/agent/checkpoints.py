@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -138,11 +139,22 @@ class CheckpointDir:
         shutil.rmtree(p, ignore_errors=True)
         return True
 
+    def set_aside(self, checkpoint_id: str) -> Path | None:
+        """Take a checkpoint out of this directory at once (a rename); the caller removes
+        the returned path at leisure (what a crash leaves is swept at start-up)."""
+        p = self.path(checkpoint_id)
+        aside = self.root / f".gone-{checkpoint_id}-{uuid.uuid4().hex[:8]}"
+        try:
+            p.rename(aside)
+        except FileNotFoundError:
+            return None
+        return aside
+
     def sweep(self) -> list[str]:
-        """Remove unfinished checkpoints (no record): what a crash mid-checkpoint left."""
+        """Remove unfinished checkpoints (no record) and ones set aside: what a crash left."""
         removed = []
         for p in self.root.iterdir():
-            if p.is_dir() and not (p / RECORD).exists():
+            if p.is_dir() and (p.name.startswith(".gone-") or not (p / RECORD).exists()):
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p.name)
         return removed

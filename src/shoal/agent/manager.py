@@ -13,8 +13,9 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,8 @@ class SandboxManager:
         self._starting: set[str] = set()
         self._killing: dict[str, asyncio.Task[None]] = {}
         self._watchers: set[asyncio.Task[None]] = set()
+        self._chores: set[asyncio.Task[object]] = set()
+        """Clean-ups that need not delay an answer (removing a consumed checkpoint)."""
         self._gone_listeners: list[GoneListener] = []
         self._adopted_listeners: list[AdoptedListener] = []
 
@@ -509,7 +512,9 @@ class SandboxManager:
             raise NotFound(f"sandbox {sandbox_id} is not paused on this node")
         rec = held.record
         if held.memory and memory:
-            sbx = await self._restore(held, sandbox_id, rec, hostname=None)
+            # The disk is moved out of the image, not copied (the image goes anyway once
+            # the sandbox runs; a failed restore moves it back).
+            sbx = await self._restore(held, sandbox_id, rec, hostname=None, consume=True)
         else:
             req = CreateSandboxRequest(
                 sandbox_id=sandbox_id, template_id=rec["template_id"],
@@ -521,12 +526,20 @@ class SandboxManager:
             sbx = await self._create(
                 req, disk_from=held.disk, started_at=datetime.fromisoformat(rec["started_at"])
             )
-        await asyncio.to_thread(self.paused.remove, sandbox_id)
+        aside = await asyncio.to_thread(self.paused.set_aside, sandbox_id)
+        if aside is not None:  # hundreds of MiB: removed after the sandbox is answered for
+            self._background(asyncio.to_thread(shutil.rmtree, aside, True))
         log.info("sandbox %s resumed", sandbox_id)
         return sbx
 
+    def _background(self, work: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
+
     async def _restore(
-        self, held: Held, sandbox_id: str, rec: dict[str, Any], *, hostname: str | None
+        self, held: Held, sandbox_id: str, rec: dict[str, Any], *, hostname: str | None,
+        consume: bool = False,
     ) -> LocalSandbox:
         """Processes and memory back from ``held`` as sandbox ``sandbox_id``."""
         self._check_new(sandbox_id)
@@ -536,7 +549,8 @@ class SandboxManager:
         try:
             rootfs = self._template_rootfs(rec["template_id"])
             container = await checkpointer.restore(
-                held.image, sandbox_id, template_rootfs=rootfs, hostname=hostname
+                held.image, sandbox_id, template_rootfs=rootfs, hostname=hostname,
+                consume=consume,
             )
             spawner = await self._connect(container)
             sbx = _from_record(sandbox_id, rec, spawner, container)
