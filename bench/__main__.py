@@ -166,7 +166,9 @@ def run_interpreter(args: argparse.Namespace, results: Results, server: ShoalSer
         lambda: interpreter.create_to_first_result(node, args.ci_runs),
     )
     results.ci_rt = measure(
-        results, "shoal run_code round trip", lambda: interpreter.run_code_round_trip(args.rt_runs)
+        results,
+        "shoal run_code round trip",
+        lambda: interpreter.run_code_round_trip(node, args.rt_runs),
     )
     results.ci_idle = measure(
         results,
@@ -384,7 +386,7 @@ def interpreter_rows(r: Results, rows: list[list[str]], notes: list[str]) -> Non
     )
     if rt:
         notes.append(
-            f"run_code round trip (n={rt.n}): p90 {ms(rt.p90)}"
+            f"run_code round trip (n={rt.n}, after the primed pool refilled): p90 {ms(rt.p90)}"
             + (f"; bare kernel p90 {ms(bare.round_trip.p90)}" if bare else "")
         )
     idle = r.ci_idle
@@ -398,9 +400,9 @@ def interpreter_rows(r: Results, rows: list[list[str]], notes: list[str]) -> Non
     )
     if idle:
         notes.append(
-            f"idle code interpreter (n={idle.count}, one `run_code` each; server, Python "
-            f"and JavaScript kernels): rss+cache {mib(idle.cgroup_rss_cache_each)}, kmem "
-            f"{mib(idle.cgroup_kmem_each)} each"
+            f"idle code interpreter (n={idle.count}, one `run_code` each: the server and "
+            "its Python kernel; JavaScript starts at first use): rss+cache "
+            f"{mib(idle.cgroup_rss_cache_each)}, kmem {mib(idle.cgroup_kmem_each)} each"
         )
 
 
