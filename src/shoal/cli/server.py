@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 import click
 
@@ -31,7 +33,7 @@ def serve() -> None:
     _logging(settings)
     from shoal.server import serve as run
 
-    asyncio.run(run(settings))
+    _run(run(settings))
 
 
 @click.command()
@@ -41,4 +43,12 @@ def agent() -> None:
     _logging(settings)
     from shoal.server import run_agent
 
-    asyncio.run(run_agent(settings))
+    _run(run_agent(settings))
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """Run a server on uvloop (libuv's event loop, the one uvicorn prefers)."""
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
