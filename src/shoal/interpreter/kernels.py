@@ -189,7 +189,9 @@ class Kernel:
         if not self.started:  # nothing to wipe
             await self.start()
             return
-        await self.km.restart_kernel(now=True)
+        # New ports: the dead kernel's may not be free yet (its heartbeat thread would fail
+        # to bind, "Address already in use", and the new kernel run without one).
+        await self.km.restart_kernel(now=True, newports=True)
         self._prefer_for_oom_kill()
         await self._connect()
 
