@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -475,7 +474,7 @@ class SandboxManager:
             dest = await asyncio.to_thread(self.paused.begin, sandbox_id)
             try:
                 if checkpointer is not None:
-                    await _dump(checkpointer, sbx.container, dest / IMAGE, leave_running=False)
+                    await checkpointer.checkpoint(sbx.container, dest / IMAGE)
                 else:
                     await self.runtime.destroy(sandbox_id, keep_disk=dest / DISK)
             except BaseException:
@@ -584,7 +583,7 @@ class SandboxManager:
             dest = await asyncio.to_thread(self.snapshots.begin, snapshot_id)
             try:
                 if checkpointer is not None:
-                    await _dump(checkpointer, sbx.container, dest / IMAGE, leave_running=True)
+                    await checkpointer.checkpoint(sbx.container, dest / IMAGE, leave_running=True)
                 else:
                     await asyncio.to_thread(
                         self.runtime.copy_disk, sandbox_id, dest / DISK
@@ -643,31 +642,6 @@ class SandboxManager:
 
     async def kill_all(self) -> None:
         await asyncio.gather(*(self.kill(s) for s in list(self._sandboxes)), return_exceptions=True)
-
-
-DUMP_ATTEMPTS = 3
-
-
-async def _dump(
-    checkpointer: Checkpointer, container: Container, image: Path, *, leave_running: bool
-) -> None:
-    """A checkpoint, tried again when it fails while the sandbox lives on: a process that
-    exits just as CRIU takes hold of it (a command finishing) fails one dump."""
-    for attempt in range(DUMP_ATTEMPTS):
-        try:
-            await checkpointer.checkpoint(container, image, leave_running=leave_running)
-            return
-        except RuntimeFailure as exc:
-            if attempt + 1 == DUMP_ATTEMPTS or not _retryable(container.init_pid, image):
-                raise
-            log.warning("sandbox %s: checkpoint failed, trying again: %s",
-                        container.sandbox_id, exc)
-            await asyncio.sleep(0.05 * (attempt + 1))
-
-
-def _retryable(init_pid: int, image: Path) -> bool:
-    """The sandbox still runs and no image was kept (a failed pause never kills it)."""
-    return os.path.exists(f"/proc/{init_pid}") and not image.exists()
 
 
 def _from_record(

@@ -25,10 +25,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from shoal.agent.sandbox import SandboxService, ServiceSpec
+from shoal.agent.sandbox import SandboxService, ServiceSpec, status_of
 from shoal.errors import RuntimeFailure
 from shoal.runtime.container import Container, ContainerLimits, ContainerRuntime, WarmContainer
-from shoal.runtime.netns import connect_tcp_in_netns
 from shoal.runtime.pool import Pool
 from shoal.template.store import Template
 
@@ -139,22 +138,8 @@ async def hand_over(netns_path: str, port: int, env_vars: dict[str, str]) -> Non
     ).encode() + body
     try:
         async with asyncio.timeout(HANDOVER_TIMEOUT):
-            sock = await connect_tcp_in_netns(netns_path, "127.0.0.1", port)
-            try:
-                loop = asyncio.get_running_loop()
-                await loop.sock_sendall(sock, request)
-                head = b""
-                while b"\r\n" not in head and len(head) < 1024:
-                    chunk = await loop.sock_recv(sock, 1024)
-                    if not chunk:
-                        break
-                    head += chunk
-            finally:
-                sock.close()
+            status = await status_of(netns_path, port, request)
     except (OSError, TimeoutError) as exc:
         raise RuntimeFailure(f"could not hand the sandbox's env vars over: {exc}") from exc
-    status = head.split(b" ", 2)[1:2]
-    if status not in ([b"200"], [b"204"]):
-        raise RuntimeFailure(
-            f"the start command refused the sandbox's env vars: {head[:200]!r}"
-        )
+    if status not in (b"200", b"204"):
+        raise RuntimeFailure(f"the start command refused the sandbox's env vars: {status!r}")

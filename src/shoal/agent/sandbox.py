@@ -231,12 +231,17 @@ class SandboxService:
 
 
 async def _health(netns_path: str, port: int) -> bool:
+    request = b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    return await status_of(netns_path, port, request) == b"200"
+
+
+async def status_of(netns_path: str, port: int, request: bytes) -> bytes:
+    """Send one HTTP/1.1 ``request`` to ``127.0.0.1:port`` inside the netns; the status code
+    of the answer (b"" if none came)."""
     sock = await connect_tcp_in_netns(netns_path, "127.0.0.1", port)
     try:
         loop = asyncio.get_running_loop()
-        await loop.sock_sendall(
-            sock, b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-        )
+        await loop.sock_sendall(sock, request)
         head = b""
         while b"\r\n" not in head and len(head) < 1024:
             chunk = await loop.sock_recv(sock, 1024)
@@ -244,6 +249,6 @@ async def _health(netns_path: str, port: int) -> bool:
                 break
             head += chunk
         parts = head.split(b" ", 2)
-        return len(parts) >= 2 and parts[1] == b"200"
+        return parts[1] if len(parts) >= 2 else b""
     finally:
         sock.close()

@@ -83,9 +83,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
-import fcntl
 import functools
 import json
 import os
@@ -117,18 +115,14 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 GHOST_LIMIT = "256M"
 """Deleted-but-open files up to this size are copied into the image (larger fail the dump)."""
-LOOP_DETACH_WAIT = 2.0
-"""Seconds to wait for the disk's loop device to go after unmounting, before copying."""
 
 DUMP_ATTEMPTS = 3
-_CLIENT_RACES = ("in-flight", "External socket is used")
-"""CRIU errors of a client connecting to init while the dump runs (a connection still in
-init's accept queue, or accepted after the plan was made): planning again a moment later
-finds init has taken it in (or dropped it)."""
+_RACES = ("in-flight", "External socket is used", "No such process")
+"""CRIU errors of the sandbox moving under the dump, which planning again a moment later
+gets past: a client connecting to init (a connection still in init's accept queue, or
+accepted after the plan was made), or a process exiting just as CRIU takes hold of it (a
+command finishing)."""
 
-FIFREEZE = 0xC0045877
-FITHAW = 0xC0045878
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass(frozen=True)
@@ -207,10 +201,10 @@ class Checkpointer:
                     if leave_running:
                         return await self._snapshot(container, d, plan, tmp, image_dir, meta)
                     return await self._dump_and_stop(container, d, plan, tmp, image_dir, meta)
-                except _ClientRace:
+                except _Race:
                     if attempt == DUMP_ATTEMPTS - 1:
                         raise
-                # Init accepts (or drops) the connection in a moment; plan again then.
+                # Init takes in (or drops) the connection, the process is gone: plan again.
                 await asyncio.sleep(0.05 * (attempt + 1))
             raise AssertionError("unreachable")
         except _Stopped:
@@ -271,7 +265,7 @@ class Checkpointer:
         if rc != 0:
             await asyncio.to_thread(_freeze, plan.freezer, False)
             errors = _criu_errors(log)
-            error = _ClientRace if any(r in errors for r in _CLIENT_RACES) else RuntimeFailure
+            error = _Race if any(r in errors for r in _RACES) else RuntimeFailure
             raise error(
                 f"checkpoint of sandbox {container.sandbox_id} failed (it keeps running): {errors}"
             )
@@ -294,7 +288,7 @@ class Checkpointer:
         try:
             container.close()
             await self.runtime.crun.delete(container.sandbox_id)
-            await asyncio.to_thread(_take_disk, d, tmp / DISK)
+            await asyncio.to_thread(ContainerRuntime.release_disk, d, tmp / DISK)
             await self.runtime.destroy(container.sandbox_id)
             return await asyncio.to_thread(_finish_image, tmp, image_dir, plan, meta)
         except Exception as exc:
@@ -318,7 +312,7 @@ class Checkpointer:
         try:
             meta["dump_seconds"] = await self._criu_dump(container, tmp, plan, leave_running=True)
             meta["leave_running"] = True
-            await asyncio.to_thread(_copy_frozen_disk, d, tmp / DISK)
+            await asyncio.to_thread(quota.copy_frozen, d / "disk", d / DISK, tmp / DISK)
         finally:
             await asyncio.to_thread(_freeze, plan.freezer, False)
         return await asyncio.to_thread(_finish_image, tmp, image_dir, plan, meta)
@@ -441,14 +435,14 @@ class Checkpointer:
         await rt.crun.delete(sid)  # only does something once registered
         await asyncio.to_thread(_remove_cgroups, rt.cgroup_path(sid))
         if image is not None:  # consumed: the disk goes back into the image
-            await asyncio.to_thread(_take_disk, d, image.path / DISK)
+            await asyncio.to_thread(ContainerRuntime.release_disk, d, image.path / DISK)
         await rt.destroy(sid)
 
 
 # -- what to tell CRIU --------------------------------------------------------------------
 
 
-class _ClientRace(RuntimeFailure):
+class _Race(RuntimeFailure):
     pass
 
 
@@ -714,69 +708,6 @@ def _freeze(freezer: str, frozen: bool) -> None:
             return
         time.sleep(0.001 * min(attempt + 1, 10))
     raise RuntimeFailure(f"cgroup {freezer} did not become {want.lower()}")
-
-
-def _loop_device(mount_point: Path) -> str | None:
-    real = os.path.realpath(mount_point)
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        head, _, tail = line.partition(" - ")
-        if head.split()[4] == real:
-            source = tail.split()[1]
-            return source if source.startswith("/dev/loop") else None
-    return None
-
-
-def _take_disk(d: Path, dest: Path) -> None:
-    """Unmount the sandbox's filesystems (no process of it is left) and move its disk image
-    to ``dest``; copy it instead while the old mount has not let go of the image yet."""
-    disk = d / "disk"
-    loop = _loop_device(disk)
-    if loop is not None:
-        _syncfs(disk)
-    for attempt in range(50):
-        try:
-            overlay.unmount(str(d / "rootfs"))
-            break
-        except OSError:
-            time.sleep(0.01 * (attempt + 1))
-    quota.unmount(disk)
-    backing = Path(f"/sys/block/{Path(loop).name}/loop/backing_file") if loop else None
-    deadline = time.monotonic() + LOOP_DETACH_WAIT
-    while backing is not None and backing.exists() and time.monotonic() < deadline:
-        time.sleep(0.005)
-    if backing is None or not backing.exists():
-        try:
-            os.rename(d / DISK, dest)
-            return
-        except OSError as exc:
-            if exc.errno != errno.EXDEV:
-                raise
-    # Synced above with nothing left to write into it: a copy is as good.
-    quota.copy_sparse(d / DISK, dest)
-
-
-def _syncfs(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        if _libc.syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"syncfs {path}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
-
-
-def _copy_frozen_disk(d: Path, dest: Path) -> None:
-    """Copy a mounted disk image consistently: FIFREEZE flushes the filesystem and holds
-    every writer (the frozen sandbox and host-side file operations alike) until thawed."""
-    fd = os.open(d / "disk", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fcntl.ioctl(fd, FIFREEZE, 0)
-        try:
-            quota.copy_sparse(d / DISK, dest)
-        finally:
-            fcntl.ioctl(fd, FITHAW, 0)
-    finally:
-        os.close(fd)
 
 
 def _new_image_dir(image_dir: Path) -> Path:

@@ -426,7 +426,7 @@ class ContainerRuntime:
         d = self.dir_of(sandbox_id)
         await asyncio.to_thread(self._remove_pool_cgroups, d)
         if keep_disk is not None:
-            await asyncio.to_thread(self._release_disk, d, keep_disk)
+            await asyncio.to_thread(self.release_disk, d, keep_disk)
         await asyncio.to_thread(self._remove_dir, d)
 
     def copy_disk(self, sandbox_id: str, dest: Path) -> None:
@@ -435,7 +435,9 @@ class ContainerRuntime:
         quota.copy_frozen(d / "disk", d / "disk.img", dest)
 
     @staticmethod
-    def _release_disk(d: Path, dest: Path) -> None:
+    def release_disk(d: Path, dest: Path) -> None:
+        """Unmount sandbox directory ``d``'s overlay and disk (none of its processes are
+        left) and move its disk image to ``dest``, complete (``quota.release_image``)."""
         if not (d / "disk.img").exists():
             raise RuntimeFailure(f"{d.name} has no disk to keep")
         for attempt in range(50):
